@@ -1,0 +1,6 @@
+"""dmformer-jax: DMFormer (arXiv 2209.07738) in JAX/Flax."""
+
+from dmformer_jax.models import DMFormer, create_model, list_models
+
+__version__ = "0.1.0"
+__all__ = ["DMFormer", "create_model", "list_models", "__version__"]

@@ -1,0 +1,99 @@
+"""Named DMFormer variants and `create_model`.
+
+Depths and widths are our reconstruction (INFERRED in ``../shared/spec/dmformer.md``),
+sized to the paper's reported accuracy level; the paper publishes neither.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from dmformer_jax.models.dmformer import DMFormer
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A named architecture: the `DMFormer` fields that differ from its defaults.
+
+    ``crop_pct`` and ``drop_path_rate`` are the recipe values that travel with the
+    variant (eval resize ratio and stochastic-depth rate).
+    """
+
+    depths: tuple[int, int, int, int]
+    widths: tuple[int, int, int, int]
+    drop_path_rate: float
+    layer_scale_init: float
+    crop_pct: float
+    description: str
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return dict(
+            depths=self.depths,
+            widths=self.widths,
+            drop_path_rate=self.drop_path_rate,
+            layer_scale_init=self.layer_scale_init,
+            stem_hidden_width=min(64, self.widths[0]),
+        )
+
+
+VARIANTS: dict[str, Variant] = {
+    "dmformer_tiny_test": Variant(
+        (1, 1, 1, 1), (8, 16, 24, 32), 0.0, 1e-5, 0.9,
+        "4-block model for tests and the offline demo (ours)",
+    ),
+    "dmformer_t": Variant(
+        (2, 2, 4, 2), (32, 64, 160, 256), 0.05, 1e-5, 0.9,
+        "small/fast variant (ours; the paper reports none)",
+    ),
+    "dmformer_s": Variant(
+        (2, 2, 8, 2), (64, 128, 320, 512), 0.1, 1e-5, 0.9,
+        "paper's -S, 82.8% top-1 (FOUND); depths/widths INFERRED",
+    ),
+    "dmformer_l": Variant(
+        (3, 3, 18, 3), (64, 128, 320, 512), 0.3, 1e-6, 0.95,
+        "paper's -L, 83.6% top-1 (FOUND); depths/widths INFERRED",
+    ),
+}
+
+# DMFormer fields a caller may override through create_model.
+OVERRIDABLE = tuple(f.name for f in dataclasses.fields(DMFormer) if f.name not in ("parent", "name"))
+
+
+def list_models() -> list[str]:
+    """Names accepted by `create_model`, sorted."""
+    return sorted(VARIANTS)
+
+
+def get_variant(name: str) -> Variant:
+    """The `Variant` called ``name``; a one-line error listing valid names otherwise."""
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(list_models())}") from None
+
+
+def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> DMFormer:
+    """Builds the variant ``name`` as a `DMFormer` module (no parameters yet).
+
+    Args:
+      name: one of `list_models()`.
+      num_classes: head size (0 for a headless backbone).
+      **overrides: any `DMFormer` field, e.g. ``dtype=jnp.bfloat16``,
+        ``drop_path_rate=0.2``, ``fusion='sum'``, ``depthwise_impl='xla'``.
+
+    Example::
+
+        model = dmformer_jax.create_model('dmformer_s', num_classes=1000)
+        variables = model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
+        logits = model.apply(variables, images, train=False)
+    """
+    kwargs = get_variant(name).model_kwargs()
+    unknown = sorted(set(overrides) - set(OVERRIDABLE))
+    if unknown:
+        raise ValueError(
+            f"unknown DMFormer option(s) {unknown} for {name!r}; valid options: {', '.join(OVERRIDABLE)}"
+        )
+    kwargs.update(overrides)
+    kwargs["num_classes"] = num_classes
+    return DMFormer(**kwargs)
