@@ -1,0 +1,91 @@
+"""The base config every recipe starts from: the ImageNet-1K recipe of the paper.
+
+FOUND (the paper): 300 epochs, global batch 1024, lr 1e-3, cosine decay.
+INFERRED (our reconstruction, from the PoolFormer/VAN recipe the paper reuses): all the
+rest. Each INFERRED value is a field here so it can be changed from the command line:
+
+    python train.py --config configs/dmformer_s.py --config.optim.weight_decay=0.02
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+    """The ImageNet-1K recipe with every field the trainer reads."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    # --- model -------------------------------------------------------------
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "dmformer_s"
+    # Overrides of DMFormer fields; None keeps the variant's own value.
+    config.model.drop_path_rate = ml_collections.FieldReference(None, field_type=float)
+    config.model.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16'
+    config.model.depthwise_impl = "auto"  # 'auto' | 'xla' | 'shift_add' | ...
+    config.model.expand_ratio = 3  # INFERRED
+    config.model.fusion = "split"  # INFERRED: 'split' | 'sum'
+    config.model.gate_reduction = 4  # INFERRED
+    config.model.inner_residual = True  # INFERRED
+
+    # --- data ----------------------------------------------------------------
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "imagenet2012"  # a TFDS name; 'dmformer_digits' is the offline default
+    config.data.data_dir = ml_collections.FieldReference(None, field_type=str)  # local or gs://
+    config.data.manual_dir = ml_collections.FieldReference(None, field_type=str)  # ILSVRC tars
+    config.data.train_split = "train"
+    config.data.eval_split = "validation"
+    config.data.image_size = 224
+    config.data.eval_image_size = ml_collections.FieldReference(None, field_type=int)  # None: image_size
+    config.data.crop_pct = ml_collections.FieldReference(None, field_type=float)  # None: variant's
+    config.data.mean = IMAGENET_MEAN
+    config.data.std = IMAGENET_STD
+    config.data.shuffle_buffer = 16_384
+    config.data.prefetch_to_device = 2
+
+    # --- augmentation (INFERRED: timm/PoolFormer defaults) -------------------
+    config.augment = ml_collections.ConfigDict()
+    config.augment.crop_scale = (0.08, 1.0)
+    config.augment.crop_ratio = (3 / 4, 4 / 3)
+    config.augment.hflip = True
+    config.augment.randaugment = True  # rand-m9-mstd0.5-inc1
+    config.augment.randaugment_num_ops = 2
+    config.augment.randaugment_magnitude = 9.0
+    config.augment.randaugment_magnitude_std = 0.5
+    config.augment.color_jitter = 0.4  # ignored while randaugment is on (as in timm)
+    config.augment.random_erasing = 0.25
+    config.augment.mixup_alpha = 0.8
+    config.augment.cutmix_alpha = 1.0
+    config.augment.mix_switch_prob = 0.5  # P(cutmix) when both are on
+    config.augment.label_smoothing = 0.1
+
+    # --- optimisation (FOUND: epochs, batch, lr, cosine) -----------------------
+    config.batch_size = 1024  # global, over all devices of all processes
+    config.num_epochs = 300
+    config.num_train_steps = ml_collections.FieldReference(None, field_type=int)  # overrides epochs
+    config.optim = ml_collections.ConfigDict()
+    config.optim.base_lr = 1e-3  # per 1024 images: lr = base_lr * batch_size / 1024
+    config.optim.warmup_epochs = 5.0
+    config.optim.warmup_init_lr = 1e-6
+    config.optim.min_lr = 1e-5
+    config.optim.weight_decay = 0.05
+    config.optim.b1 = 0.9
+    config.optim.b2 = 0.999
+    config.optim.grad_clip_norm = ml_collections.FieldReference(None, field_type=float)
+    config.optim.grad_accum_steps = 1
+    config.optim.ema_decay = ml_collections.FieldReference(None, field_type=float)  # e.g. 0.9999
+
+    # --- checkpoints, eval, logging -----------------------------------------
+    config.checkpoint_every_steps = 1000
+    config.keep_checkpoints = 3
+    config.eval_every_steps = 5000
+    config.log_every_steps = 50
+    config.eval_batch_size = ml_collections.FieldReference(None, field_type=int)  # None: batch_size
+    config.init_from = ml_collections.FieldReference(None, field_type=str)  # checkpoint to fine-tune from
+    config.reset_head = False
+    config.distributed = False  # call jax.distributed.initialize() (multi-host)
+    return config
