@@ -1,0 +1,321 @@
+"""Image augmentations as TensorFlow ops (eager or inside `tf.data`), all stateless.
+
+Every random op takes ``seed``, an int64 tensor of shape [2], and uses only
+`tf.random.stateless_*` / `tf.image.stateless_*`: the same seed gives the same result
+eagerly, in `tf.data`, and after a resume. The recipe follows timm (what the
+PoolFormer/VAN recipe that the paper reuses calls); per-op differences are noted.
+
+Pixel convention: decoded images are float32 [H, W, 3] with integral values in
+0..255 ("uint8 emulation", so RandAugment sees what PIL would) until `normalize`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import tensorflow as tf
+
+
+def split_seed(seed: tf.Tensor, num: int) -> tf.Tensor:
+    """``num`` independent seeds [num, 2] derived from ``seed`` [2]."""
+    return tf.random.experimental.stateless_split(seed, num)
+
+
+def fold_seed(seed: tf.Tensor, data) -> tf.Tensor:
+    """A seed [2] that depends on ``seed`` [2] and the integer ``data``."""
+    return tf.random.experimental.stateless_fold_in(seed, tf.cast(data, tf.int64))
+
+
+def to_uint8_range(image: tf.Tensor) -> tf.Tensor:
+    """Rounds and clips float pixels to integral values in 0..255 (as a PIL image would)."""
+    return tf.clip_by_value(tf.round(image), 0.0, 255.0)
+
+
+# --------------------------------------------------------------------------- decode
+
+
+def decode_image(encoded: tf.Tensor) -> tf.Tensor:
+    """JPEG/PNG/GIF/BMP bytes -> uint8 [H, W, 3] (grey and CMYK JPEGs become RGB)."""
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def sample_crop_window(
+    image_shape: tf.Tensor,
+    seed: tf.Tensor,
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+) -> tf.Tensor:
+    """Random-resized-crop window [top, left, height, width] (int32) for an image of
+    shape ``image_shape`` ([H, W] or [H, W, C]).
+
+    Area fraction in ``scale`` and aspect ratio (width/height) in ``ratio``; TF's
+    `stateless_sample_distorted_bounding_box` with 10 attempts, falling back to the
+    whole image (timm falls back to a centre crop with the ratio clamped, and samples
+    the ratio log-uniformly; TF samples it uniformly).
+    """
+    shape = tf.cast(image_shape, tf.int32)[:2]
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.concat([shape, [3]], axis=0),
+        bounding_boxes=tf.zeros([1, 0, 4], tf.float32),
+        seed=seed,
+        min_object_covered=0.0,
+        aspect_ratio_range=tuple(ratio),
+        area_range=tuple(scale),
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
+    return tf.stack([begin[0], begin[1], size[0], size[1]])
+
+
+def resize(image: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
+    """Antialiased bicubic resize to ``size`` = (H, W), rounded to 0..255 like PIL's."""
+    out = tf.image.resize(tf.cast(image, tf.float32), size, method="bicubic", antialias=True)
+    return to_uint8_range(out)
+
+
+def random_resized_crop(
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    size: int,
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+) -> tf.Tensor:
+    """Random-resized crop of a decoded image [H, W, 3] -> float32 [size, size, 3]."""
+    window = sample_crop_window(tf.shape(image), seed, scale, ratio)
+    crop = image[window[0] : window[0] + window[2], window[1] : window[1] + window[3]]
+    return resize(crop, (size, size))
+
+
+def decode_and_random_crop(
+    encoded: tf.Tensor,
+    seed: tf.Tensor,
+    size: int,
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+) -> tf.Tensor:
+    """Encoded image -> random-resized crop float32 [size, size, 3].
+
+    JPEGs decode only the crop window (`decode_and_crop_jpeg`, the expensive part of
+    ImageNet input); other formats decode fully, then crop. Both use the same window.
+    """
+
+    def jpeg():
+        window = sample_crop_window(tf.image.extract_jpeg_shape(encoded), seed, scale, ratio)
+        return tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
+
+    def other():
+        image = decode_image(encoded)
+        window = sample_crop_window(tf.shape(image), seed, scale, ratio)
+        return image[window[0] : window[0] + window[2], window[1] : window[1] + window[3]]
+
+    crop = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+    crop.set_shape([None, None, 3])
+    return resize(crop, (size, size))
+
+
+# ------------------------------------------------------------------ simple train ops
+
+
+def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Horizontal flip [H, W, C] with probability 0.5."""
+    flip = tf.random.stateless_uniform([], seed) < 0.5
+    return tf.cond(flip, lambda: image[:, ::-1], lambda: image)
+
+
+def grayscale(image: tf.Tensor) -> tf.Tensor:
+    """ITU-R 601-2 luma (PIL's 'L' conversion) [H, W, 1], rounded."""
+    weights = tf.constant([0.299, 0.587, 0.114], tf.float32)
+    return tf.round(tf.reduce_sum(image * weights, axis=-1, keepdims=True))
+
+
+def blend(degenerate: tf.Tensor, image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+    """PIL's `Image.blend(degenerate, image, factor)`, clipped to 0..255."""
+    return to_uint8_range(degenerate + factor * (image - degenerate))
+
+
+def adjust_brightness(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+    return blend(tf.zeros_like(image), image, factor)
+
+
+def adjust_contrast(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+    mean = tf.floor(tf.reduce_mean(grayscale(image)) + 0.5)
+    return blend(tf.fill(tf.shape(image), mean), image, factor)
+
+
+def adjust_saturation(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+    return blend(tf.broadcast_to(grayscale(image), tf.shape(image)), image, factor)
+
+
+def color_jitter(image: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Tensor:
+    """torchvision `ColorJitter(strength, strength, strength)`: brightness, contrast and
+    saturation factors uniform in [1 - s, 1 + s], applied in a random order."""
+    if strength <= 0:
+        return image
+    seeds = split_seed(seed, 4)
+    order = tf.argsort(tf.random.stateless_uniform([3], seeds[0]))
+    factors = [tf.random.stateless_uniform([], seeds[i + 1], 1.0 - strength, 1.0 + strength) for i in range(3)]
+    ops = [adjust_brightness, adjust_contrast, adjust_saturation]
+    for step in range(3):
+        branches = [lambda op=op, f=f: op(image, f) for op, f in zip(ops, factors)]
+        image = tf.switch_case(order[step], branches)
+    return image
+
+
+def normalize(image: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
+    """0..255 pixels -> (x / 255 - mean) / std, float32."""
+    mean = tf.constant(mean, tf.float32)
+    std = tf.constant(std, tf.float32)
+    return (tf.cast(image, tf.float32) / 255.0 - mean) / std
+
+
+def random_erasing(
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    probability: float = 0.25,
+    min_area: float = 0.02,
+    max_area: float = 1 / 3,
+    min_aspect: float = 0.3,
+    attempts: int = 10,
+) -> tf.Tensor:
+    """timm `RandomErasing(probability, mode='pixel', max_count=1)` on a normalised
+    image [H, W, C]: with probability ``probability``, one box (area fraction in
+    [min_area, max_area], log-uniform aspect in [min_aspect, 1/min_aspect], first of
+    ``attempts`` tries that fits strictly inside) is filled with N(0, 1) per pixel and
+    channel. Everything outside the box is left untouched.
+    """
+    if probability <= 0:
+        return image
+    shape = tf.shape(image)
+    h, w = shape[0], shape[1]
+    hf, wf = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
+    s = split_seed(seed, 6)
+    apply = tf.random.stateless_uniform([], s[0]) < probability
+    area = tf.random.stateless_uniform([attempts], s[1], min_area, max_area) * hf * wf
+    log_r = tf.random.stateless_uniform([attempts], s[2], math.log(min_aspect), math.log(1 / min_aspect))
+    aspect = tf.exp(log_r)
+    eh = tf.cast(tf.round(tf.sqrt(area * aspect)), tf.int32)
+    ew = tf.cast(tf.round(tf.sqrt(area / aspect)), tf.int32)
+    fits = (ew < w) & (eh < h)
+    first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+    eh, ew = eh[first], ew[first]
+    # randint(0, h - eh) inclusive, like Python's random.randint
+    top = tf.cast(tf.floor(tf.random.stateless_uniform([], s[3]) * tf.cast(h - eh + 1, tf.float32)), tf.int32)
+    left = tf.cast(tf.floor(tf.random.stateless_uniform([], s[4]) * tf.cast(w - ew + 1, tf.float32)), tf.int32)
+    rows = tf.range(h)[:, None, None]
+    cols = tf.range(w)[None, :, None]
+    inside = (rows >= top) & (rows < top + eh) & (cols >= left) & (cols < left + ew)
+    inside &= apply & tf.reduce_any(fits)
+    noise = tf.random.stateless_normal(shape, s[5], dtype=image.dtype)
+    return tf.where(inside, noise, image)
+
+
+# ---------------------------------------------------------------------------- eval
+
+
+def eval_resize_crop(image: tf.Tensor, size: int, crop_pct: float) -> tf.Tensor:
+    """timm eval transform: resize the shorter side to floor(size / crop_pct) (bicubic,
+    antialiased; the longer side to int(scale * long / short) as torchvision does), then
+    a centre crop of size x size. [H, W, 3] -> float32 [size, size, 3] in 0..255."""
+    scale_size = math.floor(size / crop_pct)
+    shape = tf.shape(image)
+    h, w = shape[0], shape[1]
+    short = tf.minimum(h, w)
+    long_new = tf.cast(
+        tf.floor(tf.cast(scale_size, tf.float64) * tf.cast(tf.maximum(h, w), tf.float64) / tf.cast(short, tf.float64)),
+        tf.int32,
+    )
+    new_h = tf.where(h <= w, scale_size, long_new)
+    new_w = tf.where(h <= w, long_new, scale_size)
+    resized = resize(image, tf.stack([new_h, new_w]))
+    top = tf.cast(tf.round(tf.cast(new_h - size, tf.float32) / 2.0), tf.int32)
+    left = tf.cast(tf.round(tf.cast(new_w - size, tf.float32) / 2.0), tf.int32)
+    out = resized[top : top + size, left : left + size]
+    out.set_shape([size, size, 3])
+    return out
+
+
+# --------------------------------------------------------------------- batch mixing
+
+
+def smooth_one_hot(labels: tf.Tensor, num_classes: int, smoothing: float) -> tf.Tensor:
+    """int [B] -> float32 [B, num_classes]: 1 - smoothing + smoothing/K on the label,
+    smoothing/K elsewhere (timm's `mixup_target` convention; rows sum to 1)."""
+    off = smoothing / num_classes
+    return tf.one_hot(labels, num_classes, on_value=1.0 - smoothing + off, off_value=off, dtype=tf.float32)
+
+
+def sample_beta(seed: tf.Tensor, alpha: float) -> tf.Tensor:
+    """One Beta(alpha, alpha) sample from two stateless Gamma draws."""
+    s = split_seed(seed, 2)
+    a = tf.random.stateless_gamma([], s[0], alpha=alpha)
+    b = tf.random.stateless_gamma([], s[1], alpha=alpha)
+    return a / tf.maximum(a + b, 1e-12)
+
+
+def cutmix_box(seed: tf.Tensor, height, width, lam: tf.Tensor) -> tf.Tensor:
+    """timm `rand_bbox`: a box of sides int(H*sqrt(1-lam)), int(W*sqrt(1-lam)) centred
+    at a uniform pixel, clipped to the image. Returns [y0, y1, x0, x1] int32."""
+    s = split_seed(seed, 2)
+    cut = tf.sqrt(1.0 - lam)
+    cut_h = tf.cast(tf.floor(tf.cast(height, tf.float32) * cut), tf.int32)
+    cut_w = tf.cast(tf.floor(tf.cast(width, tf.float32) * cut), tf.int32)
+    cy = tf.random.stateless_uniform([], s[0], 0, height, dtype=tf.int32)
+    cx = tf.random.stateless_uniform([], s[1], 0, width, dtype=tf.int32)
+    y0 = tf.clip_by_value(cy - cut_h // 2, 0, height)
+    y1 = tf.clip_by_value(cy + cut_h // 2, 0, height)
+    x0 = tf.clip_by_value(cx - cut_w // 2, 0, width)
+    x1 = tf.clip_by_value(cx + cut_w // 2, 0, width)
+    return tf.stack([y0, y1, x0, x1])
+
+
+def mix_batch(
+    images: tf.Tensor,
+    labels: tf.Tensor,
+    seed: tf.Tensor,
+    num_classes: int,
+    mixup_alpha: float = 0.8,
+    cutmix_alpha: float = 1.0,
+    switch_prob: float = 0.5,
+    smoothing: float = 0.1,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """timm `Mixup(mode='batch', prob=1, correct_lam=True)` on one batch.
+
+    images float32 [B, H, W, C], labels int [B] -> (mixed images, soft labels float32
+    [B, num_classes]). Example i is mixed with example B-1-i (the batch reversed) with
+    one lambda for the batch: CutMix with probability ``switch_prob`` when both alphas
+    are > 0 (lambda then re-computed as 1 - box area / image area), MixUp otherwise.
+    Targets: lam * smooth(y) + (1 - lam) * smooth(reversed y). With both alphas 0 the
+    images are unchanged and the targets are one-hot with label smoothing.
+    """
+    targets = smooth_one_hot(labels, num_classes, smoothing)
+    if mixup_alpha <= 0 and cutmix_alpha <= 0:
+        return images, targets
+    s = split_seed(seed, 4)
+    if mixup_alpha > 0 and cutmix_alpha > 0:
+        use_cutmix = tf.random.stateless_uniform([], s[0]) < switch_prob
+    else:
+        use_cutmix = tf.constant(cutmix_alpha > 0)
+    lam_mix = sample_beta(s[1], mixup_alpha) if mixup_alpha > 0 else tf.constant(1.0)
+    lam_cut = sample_beta(s[2], cutmix_alpha) if cutmix_alpha > 0 else tf.constant(1.0)
+    flipped = images[::-1]
+    shape = tf.shape(images)
+    h, w = shape[1], shape[2]
+
+    def cutmix():
+        box = cutmix_box(s[3], h, w, lam_cut)
+        rows = tf.range(h)[None, :, None, None]
+        cols = tf.range(w)[None, None, :, None]
+        inside = (rows >= box[0]) & (rows < box[1]) & (cols >= box[2]) & (cols < box[3])
+        area = tf.cast((box[1] - box[0]) * (box[3] - box[2]), tf.float32)
+        lam = 1.0 - area / tf.cast(h * w, tf.float32)
+        return tf.where(inside, flipped, images), lam
+
+    def mixup():
+        return images * lam_mix + flipped * (1.0 - lam_mix), lam_mix
+
+    mixed, lam = tf.cond(use_cutmix, cutmix, mixup)
+    soft = targets * lam + targets[::-1] * (1.0 - lam)
+    return mixed, soft

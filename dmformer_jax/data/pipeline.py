@@ -1,0 +1,239 @@
+"""tf.data streams: deterministic, resumable training shards and a padded eval split.
+
+Training: the train split is cut into ``num_shards`` even parts (`tfds.even_splits`);
+shard j is an independent infinite stream. Epoch e of shard j shuffles its TFRecord
+file instructions and then its records with seeds derived from (seed, j, e) (epochs
+are seeded one by one, so a resume at any step reads at most one epoch of raw records
+to get back to its place instead of every epoch before it). Each raw record carries
+its position in the shard stream; every random choice of its augmentation is seeded
+from (seed, j, position), and the batch mixing of shard batch t from (seed, j, t).
+Nothing depends on TF's global RNG or on how many processes read the shards.
+
+Undecodable images are dropped right after decoding (`ignore_errors`) and counted
+by `DecodeErrorCounter` from the gaps they leave in the positions.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Iterator, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import logging
+
+from dmformer_jax.data import augment as aug
+from dmformer_jax.data.randaugment import rand_augment
+
+AUTOTUNE = tf.data.AUTOTUNE
+_FOREVER = 2**62
+
+
+class DecodeErrorCounter:
+    """Thread-safe count of images skipped because they could not be decoded."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def add(self, n: int) -> None:
+        if n > 0:
+            with self._lock:
+                self._count += int(n)
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return self._count
+
+    def reset(self) -> None:
+        with self._lock:
+            self._count = 0
+
+
+DECODE_ERRORS = DecodeErrorCounter()
+
+
+def decode_error_count() -> int:
+    """Images skipped as undecodable by the iterators of this process so far."""
+    return DECODE_ERRORS.count
+
+
+def _options() -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_optimization.map_parallelization = True
+    return options
+
+
+def _shard_records(builder: tfds.core.DatasetBuilder, split: str, seed: tf.Tensor, epoch: tf.Tensor,
+                   shuffle_buffer: int) -> tf.data.Dataset:
+    """One epoch of serialized records of ``split``, shuffled with seeds from (seed, epoch)."""
+    instructions = builder.info.splits[split].file_instructions
+    files = {
+        "filename": [str(fi.filename) for fi in instructions],
+        "skip": np.array([fi.skip for fi in instructions], np.int64),
+        "take": np.array([fi.take for fi in instructions], np.int64),
+    }
+    s = aug.split_seed(aug.fold_seed(seed, epoch), 2)
+    file_ds = tf.data.Dataset.from_tensor_slices(files)
+    file_ds = file_ds.shuffle(len(instructions), seed=s[0][0])
+    records = file_ds.interleave(
+        lambda f: tf.data.TFRecordDataset(f["filename"]).skip(f["skip"]).take(f["take"]),
+        cycle_length=min(16, len(instructions)),
+        block_length=16,
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
+    return records.shuffle(shuffle_buffer, seed=s[1][0])
+
+
+def _parser(builder: tfds.core.DatasetBuilder):
+    features = builder.info.features
+    decoders = {"image": tfds.decode.SkipDecoding()}
+
+    def parse(serialized):
+        example = features.deserialize_example(serialized, decoders=decoders)
+        return example["image"], tf.cast(example["label"], tf.int32)
+
+    return parse
+
+
+def train_shard_dataset(
+    builder: tfds.core.DatasetBuilder,
+    config,
+    *,
+    shard: int,
+    num_shards: int,
+    shard_batch: int,
+    num_classes: int,
+    start_step: int,
+) -> tf.data.Dataset:
+    """Infinite batches of shard ``shard``: dict(image float32 [b,S,S,3], label float32
+    [b,K], pos int64 [b]) where b = ``shard_batch``, starting at batch ``start_step``."""
+    d, a = config.data, config.augment
+    split = tfds.even_splits(d.train_split, num_shards)[shard]
+    per_epoch = builder.info.splits[split].num_examples
+    if per_epoch == 0:
+        raise ValueError(f"train shard {shard} of {num_shards} is empty")
+    root = tf.constant([int(config.seed), shard], tf.int64)
+    roots = aug.split_seed(root, 3)
+    order_seed, example_seed, mix_seed = roots[0], roots[1], roots[2]
+    start = int(start_step) * shard_batch
+    first_epoch, offset = divmod(start, per_epoch)
+
+    ds = tf.data.Dataset.range(first_epoch, _FOREVER).flat_map(
+        lambda e: _shard_records(builder, split, order_seed, e, int(d.shuffle_buffer))
+    )
+    ds = ds.skip(offset).enumerate(start=start)  # raw records only: resume never decodes
+    parse = _parser(builder)
+    size = int(d.image_size)
+
+    def decode(pos, serialized):
+        image, label = parse(serialized)
+        s = aug.split_seed(aug.fold_seed(example_seed, pos), 4)
+        image = aug.decode_and_random_crop(image, s[0], size, tuple(a.crop_scale), tuple(a.crop_ratio))
+        return pos, image, label
+
+    def augment(pos, image, label):
+        s = aug.split_seed(aug.fold_seed(example_seed, pos), 4)
+        if a.hflip:
+            image = aug.random_flip(image, s[1])
+        if a.randaugment:
+            image = rand_augment(
+                image, s[2], int(a.randaugment_num_ops), float(a.randaugment_magnitude),
+                float(a.randaugment_magnitude_std),
+            )
+        elif a.color_jitter and a.color_jitter > 0:
+            image = aug.color_jitter(image, s[2], float(a.color_jitter))
+        image = aug.normalize(image, d.mean, d.std)
+        if a.random_erasing and a.random_erasing > 0:
+            image = aug.random_erasing(image, s[3], float(a.random_erasing))
+        return pos, image, label
+
+    ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors(log_warning=True)
+    ds = ds.map(augment, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.batch(shard_batch, drop_remainder=True).enumerate(start=int(start_step))
+
+    def mix(step, batch):
+        pos, images, labels = batch
+        images, soft = aug.mix_batch(
+            images, labels, aug.fold_seed(mix_seed, step), num_classes,
+            float(a.mixup_alpha), float(a.cutmix_alpha), float(a.mix_switch_prob), float(a.label_smoothing),
+        )
+        return {"image": images, "label": soft, "pos": pos}
+
+    return ds.map(mix, num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
+def train_iterator(builder, config, *, shards: Sequence[int], num_shards: int, shard_batch: int,
+                   num_classes: int, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+    """This process's batches: the shards ``shards`` concatenated in order."""
+    datasets = tuple(
+        train_shard_dataset(builder, config, shard=j, num_shards=num_shards, shard_batch=shard_batch,
+                            num_classes=num_classes, start_step=start_step)
+        for j in shards
+    )
+
+    def concat(*parts):
+        return {
+            "image": tf.concat([p["image"] for p in parts], axis=0),
+            "label": tf.concat([p["label"] for p in parts], axis=0),
+            "pos": tf.stack([p["pos"] for p in parts], axis=0),
+        }
+
+    ds = tf.data.Dataset.zip(datasets).map(concat).with_options(_options()).prefetch(AUTOTUNE)
+    last = np.full(len(datasets), start_step * shard_batch - 1, np.int64)
+    for batch in ds.as_numpy_iterator():
+        pos = batch.pop("pos")  # [num local shards, shard_batch]
+        skipped = int(np.sum(pos[:, -1] - last - shard_batch))
+        if skipped:
+            logging.warning("skipped %d undecodable training image(s)", skipped)
+            DECODE_ERRORS.add(skipped)
+        last = pos[:, -1]
+        yield batch
+
+
+def eval_iterator(builder, config, *, split: str, size: int, crop_pct: float, batch: int,
+                  num_batches: int) -> Iterator[dict[str, np.ndarray]]:
+    """``num_batches`` batches of ``split`` (this process's part of the eval split),
+    padded with masked-out zeros: dict(image float32 [b,S,S,3], label int32 [b], mask bool [b])."""
+    d = config.data
+    num_real = builder.info.splits[split].num_examples
+
+    def decode(example):
+        image = aug.decode_image(example["image"])
+        image = aug.eval_resize_crop(image, size, crop_pct)
+        image = aug.normalize(image, d.mean, d.std)
+        return {"image": image, "label": tf.cast(example["label"], tf.int32), "mask": tf.constant(True)}
+
+    pad = tf.data.Dataset.from_tensors(
+        {"image": tf.zeros([size, size, 3], tf.float32), "label": tf.constant(0, tf.int32),
+         "mask": tf.constant(False)}
+    ).repeat()
+    if num_real:
+        ds = builder.as_dataset(
+            split=split,
+            shuffle_files=False,
+            decoders={"image": tfds.decode.SkipDecoding()},
+            read_config=tfds.ReadConfig(options=_options(), try_autocache=False),
+        )
+        ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors(log_warning=True)
+        ds = ds.concatenate(pad)
+    else:  # more processes than eval examples: this one only pads
+        ds = pad
+    ds = ds.batch(batch).take(num_batches).with_options(_options()).prefetch(AUTOTUNE)
+    seen = 0
+    for element in ds.as_numpy_iterator():
+        seen += int(element["mask"].sum())
+        yield element
+    if seen < num_real:
+        logging.warning("skipped %d undecodable eval image(s)", num_real - seen)
+        DECODE_ERRORS.add(num_real - seen)
+
+
+def eval_num_batches(split_sizes: Sequence[int], batch: int) -> int:
+    """Batches every process yields: enough for the largest per-process part."""
+    return max(1, math.ceil(max(split_sizes) / batch))

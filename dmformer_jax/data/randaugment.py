@@ -1,0 +1,209 @@
+"""RandAugment as timm's ``rand-m9-mstd0.5-inc1``, in stateless TensorFlow ops.
+
+timm (`timm/data/auto_augment.py`, `rand_augment_transform`): ``num_ops`` ops drawn
+uniformly WITH replacement from the 15-op 'increasing' set; each is applied with
+probability 0.5; each application draws its magnitude from N(magnitude, std) clipped
+to [0, 10]; signed ops (rotate, shear, translate, enhance) flip the sign with
+probability 0.5. Level -> argument, for a magnitude m on timm's 0..10 scale:
+
+  Rotate: 30*m/10 degrees | ShearX/Y: 0.3*m/10 | TranslateX/YRel: 0.45*m/10 of the side
+  Color/Contrast/Brightness/SharpnessIncreasing: factor 1 +- 0.9*m/10
+  PosterizeIncreasing: keep 4 - int(0.4*m) bits | SolarizeIncreasing: threshold 256 - int(25.6*m)
+  SolarizeAdd: add int(11*m) below 128 | AutoContrast, Equalize, Invert: no argument
+
+Differences from timm (documented in docs/data.md): geometric ops use bilinear
+interpolation only (timm picks bilinear or bicubic at random) and rotate about the
+pixel-grid centre ((W-1)/2, (H-1)/2); the fill colour is timm's ImageNet mean
+(124, 116, 104) as for timm's ImageNet configs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+from dmformer_jax.data.augment import (
+    adjust_brightness,
+    adjust_contrast,
+    adjust_saturation,
+    blend,
+    split_seed,
+    to_uint8_range,
+)
+
+MAX_LEVEL = 10.0
+FILL = (124.0, 116.0, 104.0)  # timm: round(255 * IMAGENET_DEFAULT_MEAN)
+
+OP_NAMES = (
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "PosterizeIncreasing",
+    "SolarizeIncreasing",
+    "SolarizeAdd",
+    "ColorIncreasing",
+    "ContrastIncreasing",
+    "BrightnessIncreasing",
+    "SharpnessIncreasing",
+    "ShearX",
+    "ShearY",
+    "TranslateXRel",
+    "TranslateYRel",
+)
+
+
+# ---------------------------------------------------------------- pixel-level ops
+
+
+def autocontrast(image: tf.Tensor) -> tf.Tensor:
+    """PIL `ImageOps.autocontrast` (cutoff 0), per channel: stretch [min, max] to 0..255."""
+    lo = tf.reduce_min(image, axis=[0, 1])
+    hi = tf.reduce_max(image, axis=[0, 1])
+    scale = 255.0 / tf.maximum(hi - lo, 1.0)
+    out = tf.floor(tf.clip_by_value((image - lo) * scale, 0.0, 255.0))
+    return tf.where(hi > lo, out, image)
+
+
+def equalize(image: tf.Tensor) -> tf.Tensor:
+    """PIL `ImageOps.equalize`, per channel (histogram equalisation via a lookup table)."""
+
+    def one_channel(channel):
+        values = tf.cast(channel, tf.int32)
+        hist = tf.math.bincount(tf.reshape(values, [-1]), minlength=256, maxlength=256)
+        nonzero = tf.boolean_mask(hist, hist > 0)
+        step = (tf.reduce_sum(hist) - nonzero[-1]) // 255
+        safe = tf.maximum(step, 1)
+        lut = (tf.cumsum(hist, exclusive=True) + safe // 2) // safe
+        lut = tf.cast(tf.minimum(lut, 255), tf.float32)
+        return tf.where(step > 0, tf.gather(lut, values), channel)
+
+    return tf.stack([one_channel(image[..., c]) for c in range(3)], axis=-1)
+
+
+def posterize(image: tf.Tensor, bits: tf.Tensor) -> tf.Tensor:
+    """Keep the ``bits`` high bits of each 8-bit value."""
+    shift = tf.cast(2 ** (8 - tf.clip_by_value(bits, 0, 8)), tf.float32)
+    return tf.floor(image / shift) * shift
+
+
+def solarize(image: tf.Tensor, threshold: tf.Tensor) -> tf.Tensor:
+    """Invert the values >= threshold."""
+    return tf.where(image >= threshold, 255.0 - image, image)
+
+
+def solarize_add(image: tf.Tensor, addition: tf.Tensor, threshold: float = 128.0) -> tf.Tensor:
+    """Add ``addition`` to the values < threshold, clipped at 255."""
+    return tf.where(image < threshold, tf.minimum(image + addition, 255.0), image)
+
+
+def sharpness(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+    """PIL `ImageEnhance.Sharpness`: blend with the SMOOTH-filtered image (border kept)."""
+    kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
+    kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
+    smooth = tf.nn.depthwise_conv2d(image[None], kernel, [1, 1, 1, 1], "VALID")[0]
+    smooth = to_uint8_range(smooth)
+    degenerate = tf.pad(smooth - image[1:-1, 1:-1], [[1, 1], [1, 1], [0, 0]]) + image
+    return blend(degenerate, image, factor)
+
+
+# -------------------------------------------------------------------- geometric ops
+
+
+def affine(image: tf.Tensor, matrix: tf.Tensor) -> tf.Tensor:
+    """Output pixel (x, y) samples input (a x + b y + c, d x + e y + f), bilinear,
+    outside filled with `FILL`. ``matrix`` = [a, b, c, d, e, f] (PIL's AFFINE data)."""
+    fill = tf.constant(FILL, tf.float32)
+    transform = tf.concat([tf.cast(matrix, tf.float32), tf.zeros([2], tf.float32)], axis=0)[None]
+    shape = tf.shape(image)
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=(image - fill)[None],
+        transforms=transform,
+        output_shape=shape[:2],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+    )[0]
+    return to_uint8_range(out + fill)
+
+
+def rotate(image: tf.Tensor, degrees: tf.Tensor) -> tf.Tensor:
+    """Rotate by ``degrees`` (counter-clockwise) about the image centre."""
+    shape = tf.cast(tf.shape(image), tf.float32)
+    cx, cy = (shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0
+    t = -degrees * (math.pi / 180.0)
+    a, b = tf.cos(t), -tf.sin(t)
+    d, e = tf.sin(t), tf.cos(t)
+    c = cx - a * cx - b * cy
+    f = cy - d * cx - e * cy
+    return affine(image, tf.stack([a, b, c, d, e, f]))
+
+
+def shear_x(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+    return affine(image, tf.stack([1.0, factor, 0.0, 0.0, 1.0, 0.0]))
+
+
+def shear_y(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+    return affine(image, tf.stack([1.0, 0.0, 0.0, factor, 1.0, 0.0]))
+
+
+def translate_x(image: tf.Tensor, pixels: tf.Tensor) -> tf.Tensor:
+    return affine(image, tf.stack([1.0, 0.0, pixels, 0.0, 1.0, 0.0]))
+
+
+def translate_y(image: tf.Tensor, pixels: tf.Tensor) -> tf.Tensor:
+    return affine(image, tf.stack([1.0, 0.0, 0.0, 0.0, 1.0, pixels]))
+
+
+# ---------------------------------------------------------------------- the policy
+
+
+def apply_op(image: tf.Tensor, index: tf.Tensor, magnitude: tf.Tensor, sign: tf.Tensor) -> tf.Tensor:
+    """Op number ``index`` of `OP_NAMES` at ``magnitude`` (0..10); ``sign`` is +-1."""
+    level = magnitude / MAX_LEVEL
+    shape = tf.cast(tf.shape(image), tf.float32)
+    enhance = 1.0 + sign * 0.9 * level
+    branches = [
+        lambda: autocontrast(image),
+        lambda: equalize(image),
+        lambda: 255.0 - image,
+        lambda: rotate(image, sign * 30.0 * level),
+        lambda: posterize(image, 4 - tf.cast(tf.floor(level * 4.0), tf.int32)),
+        lambda: solarize(image, 256.0 - tf.floor(level * 256.0)),
+        lambda: solarize_add(image, tf.floor(level * 110.0)),
+        lambda: adjust_saturation(image, enhance),
+        lambda: adjust_contrast(image, enhance),
+        lambda: adjust_brightness(image, enhance),
+        lambda: sharpness(image, enhance),
+        lambda: shear_x(image, sign * 0.3 * level),
+        lambda: shear_y(image, sign * 0.3 * level),
+        lambda: translate_x(image, sign * 0.45 * level * shape[1]),
+        lambda: translate_y(image, sign * 0.45 * level * shape[0]),
+    ]
+    out = tf.switch_case(tf.cast(index, tf.int32), branches)
+    out.set_shape(image.shape)
+    return out
+
+
+def rand_augment(
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    num_ops: int = 2,
+    magnitude: float = 9.0,
+    magnitude_std: float = 0.5,
+    prob: float = 0.5,
+) -> tf.Tensor:
+    """timm RandAugment ('increasing' op set) on float32 [H, W, 3] pixels in 0..255."""
+    seeds = split_seed(seed, num_ops)
+    for i in range(num_ops):
+        s = split_seed(seeds[i], 4)
+        index = tf.random.stateless_uniform([], s[0], 0, len(OP_NAMES), dtype=tf.int32)
+        apply = tf.random.stateless_uniform([], s[1]) < prob
+        m = magnitude
+        if magnitude_std > 0:
+            m = magnitude + magnitude_std * tf.random.stateless_normal([], s[2])
+        m = tf.clip_by_value(tf.cast(m, tf.float32), 0.0, MAX_LEVEL)
+        sign = tf.where(tf.random.stateless_uniform([], s[3]) < 0.5, -1.0, 1.0)
+        image = tf.cond(apply, lambda: apply_op(image, index, m, sign), lambda: image)
+    return image
