@@ -290,6 +290,7 @@ def mix_batch(
     Targets: lam * smooth(y) + (1 - lam) * smooth(reversed y). With both alphas 0 the
     images are unchanged and the targets are one-hot with label smoothing.
     """
+    images = tf.convert_to_tensor(images, tf.float32)
     targets = smooth_one_hot(labels, num_classes, smoothing)
     if mixup_alpha <= 0 and cutmix_alpha <= 0:
         return images, targets

@@ -8,7 +8,7 @@ Stored form: grey level g in 0..16 becomes round(g * 255 / 16), the 8x8 image is
 upsampled to 32x32 (PIL bilinear: smooth strokes, no bicubic ringing) and replicated
 to 3 channels, then PNG-encoded (lossless). The split is fixed: a stratified split
 with `sklearn.model_selection.train_test_split(test_size=300, random_state=0)` gives
-1,497 training and 300 validation images (30 per class in validation).
+1,497 training and 300 validation images (29-31 per class in validation).
 
 Importing this module registers the builder with TFDS (by class name).
 """

@@ -12,8 +12,7 @@ probability 0.5. Level -> argument, for a magnitude m on timm's 0..10 scale:
   SolarizeAdd: add int(11*m) below 128 | AutoContrast, Equalize, Invert: no argument
 
 Differences from timm (documented in docs/data.md): geometric ops use bilinear
-interpolation only (timm picks bilinear or bicubic at random) and rotate about the
-pixel-grid centre ((W-1)/2, (H-1)/2); the fill colour is timm's ImageNet mean
+interpolation only (timm picks bilinear or bicubic at random); the fill colour is timm's ImageNet mean
 (124, 116, 104) as for timm's ImageNet configs.
 """
 
@@ -112,13 +111,20 @@ def sharpness(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
 
 
 def affine(image: tf.Tensor, matrix: tf.Tensor) -> tf.Tensor:
-    """Output pixel (x, y) samples input (a x + b y + c, d x + e y + f), bilinear,
-    outside filled with `FILL`. ``matrix`` = [a, b, c, d, e, f] (PIL's AFFINE data)."""
+    """PIL's `Image.transform(size, AFFINE, matrix, BILINEAR, fillcolor=FILL)`.
+
+    ``matrix`` = [a, b, c, d, e, f]: output point (x, y) samples the input at
+    (a x + b y + c, d x + e y + f) in PIL's continuous coordinates (pixel centres at
+    +0.5); converted here to TF's index coordinates (centres at integers).
+    """
+    a, b, c, d, e, f = tf.unstack(tf.cast(matrix, tf.float32))
+    c = c + 0.5 * (a + b) - 0.5
+    f = f + 0.5 * (d + e) - 0.5
+    transform = tf.stack([a, b, c, d, e, f, 0.0, 0.0])[None]
     fill = tf.constant(FILL, tf.float32)
-    transform = tf.concat([tf.cast(matrix, tf.float32), tf.zeros([2], tf.float32)], axis=0)[None]
     shape = tf.shape(image)
     out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=(image - fill)[None],
+        images=(image - fill)[None],  # fill 0 here is FILL after adding it back: TF fills one scalar
         transforms=transform,
         output_shape=shape[:2],
         fill_value=0.0,
@@ -129,14 +135,14 @@ def affine(image: tf.Tensor, matrix: tf.Tensor) -> tf.Tensor:
 
 
 def rotate(image: tf.Tensor, degrees: tf.Tensor) -> tf.Tensor:
-    """Rotate by ``degrees`` (counter-clockwise) about the image centre."""
+    """PIL `Image.rotate(degrees)`: counter-clockwise about (W/2, H/2), same size."""
     shape = tf.cast(tf.shape(image), tf.float32)
-    cx, cy = (shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0
+    cx, cy = shape[1] / 2.0, shape[0] / 2.0
     t = -degrees * (math.pi / 180.0)
-    a, b = tf.cos(t), -tf.sin(t)
-    d, e = tf.sin(t), tf.cos(t)
-    c = cx - a * cx - b * cy
-    f = cy - d * cx - e * cy
+    a, b = tf.cos(t), tf.sin(t)
+    d, e = -tf.sin(t), tf.cos(t)
+    c = a * -cx + b * -cy + cx
+    f = d * -cx + e * -cy + cy
     return affine(image, tf.stack([a, b, c, d, e, f]))
 
 

@@ -1,0 +1,120 @@
+"""A tiny fake ILSVRC2012 manual_dir that TFDS's own `imagenet2012` builder accepts.
+
+TFDS (`tensorflow_datasets/datasets/imagenet2012`) reads two archives from
+``manual_dir``:
+
+- ``ILSVRC2012_img_train.tar``: a tar of per-synset tars ``<wnid>.tar``, each holding
+  ``<wnid>_<n>.JPEG`` files; the label is the synset of the inner tar.
+- ``ILSVRC2012_img_val.tar``: a flat tar of ``ILSVRC2012_val_<8 digits>.JPEG``. The
+  labels come from ``validation_labels.txt`` shipped inside TFDS, zipped with the
+  SORTED member names: the k-th name in sorted order gets line k. So this fixture
+  writes the real first ``val_images`` file names (``..._00000001.JPEG`` on), whose
+  shipped labels are the first lines of that file, and those synsets must be among
+  ``synsets`` (the defaults are exactly the first four).
+
+The images are small synthetic JPEGs (a class-dependent colour plus noise, not square),
+including one greyscale and one CMYK JPEG in the train split, which the input
+pipeline must decode to 3 channels. Used by tests/test_imagenet_tfds.py.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+
+import numpy as np
+
+# The synsets of ILSVRC2012_val_00000001..4.JPEG (TFDS validation_labels.txt lines 1-4).
+DEFAULT_SYNSETS = ("n01751748", "n09193705", "n02105855", "n04263257")
+
+
+def _validation_labels(count: int) -> list[str]:
+    import tensorflow_datasets as tfds
+
+    path = tfds.core.tfds_path("datasets/imagenet2012/validation_labels.txt")
+    with open(os.fspath(path)) as f:
+        return f.read().strip().splitlines()[:count]
+
+
+def _jpeg(pixels: np.ndarray, mode: str = "RGB") -> bytes:
+    from PIL import Image
+
+    image = Image.fromarray(pixels)
+    if mode != image.mode:
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _pixels(rng: np.random.Generator, class_index: int, height: int, width: int) -> np.ndarray:
+    base = np.array([(37 * class_index) % 256, (91 * class_index + 60) % 256, (53 * class_index + 120) % 256])
+    noise = rng.integers(-30, 31, size=(height, width, 3))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_tiny_ilsvrc(
+    manual_dir: str | os.PathLike,
+    synsets: tuple[str, ...] = DEFAULT_SYNSETS,
+    images_per_class: int = 3,
+    val_images: int = 4,
+    size: int = 40,
+    seed: int = 0,
+) -> dict[str, object]:
+    """Writes ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar into ``manual_dir``.
+
+    Args:
+      manual_dir: folder to write (created if needed).
+      synsets: WordNet ids of the training classes (real ImageNet synsets).
+      images_per_class: training JPEGs per synset (at least 2: the first synset holds
+        the greyscale and the CMYK image).
+      val_images: validation JPEGs; their labels are TFDS's shipped labels for the
+        first ``val_images`` validation file names and must be among ``synsets``.
+      size: image height; widths are 5/4 of it (non-square, to exercise resizing).
+      seed: noise seed.
+
+    Returns:
+      dict(train_labels=list of (file name, synset), val_labels=list of (file name,
+      synset), grayscale=file name, cmyk=file name).
+    """
+    if images_per_class < 2:
+        raise ValueError("images_per_class must be >= 2 (room for the greyscale and CMYK images)")
+    val_synsets = _validation_labels(val_images)
+    unknown = sorted(set(val_synsets) - set(synsets))
+    if unknown:
+        raise ValueError(f"the first {val_images} validation images are of synsets {unknown} not in synsets; "
+                         f"add them or lower val_images")
+    os.makedirs(manual_dir, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    height, width = size, size * 5 // 4
+    train_labels, grayscale, cmyk = [], None, None
+    with tarfile.open(os.path.join(manual_dir, "ILSVRC2012_img_train.tar"), "w") as outer:
+        for c, wnid in enumerate(synsets):
+            inner_bytes = io.BytesIO()
+            with tarfile.open(fileobj=inner_bytes, mode="w") as inner:
+                for k in range(images_per_class):
+                    name = f"{wnid}_{k + 1}.JPEG"
+                    pixels = _pixels(rng, c, height, width)
+                    if c == 0 and k == 0:
+                        data, grayscale = _jpeg(pixels, "L"), name
+                    elif c == 0 and k == 1:
+                        data, cmyk = _jpeg(pixels, "CMYK"), name
+                    else:
+                        data = _jpeg(pixels)
+                    _add(inner, name, data)
+                    train_labels.append((name, wnid))
+            _add(outer, f"{wnid}.tar", inner_bytes.getvalue())
+    val_labels = []
+    with tarfile.open(os.path.join(manual_dir, "ILSVRC2012_img_val.tar"), "w") as val:
+        for i, wnid in enumerate(val_synsets):
+            name = f"ILSVRC2012_val_{i + 1:08d}.JPEG"
+            _add(val, name, _jpeg(_pixels(rng, synsets.index(wnid), width, height)))  # portrait
+            val_labels.append((name, wnid))
+    return {"train_labels": train_labels, "val_labels": val_labels, "grayscale": grayscale, "cmyk": cmyk}

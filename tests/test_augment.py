@@ -1,0 +1,331 @@
+"""Augmentations: eager == tf.data for the same seed, and properties / PIL references."""
+
+import io
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image, ImageEnhance, ImageOps
+
+from dmformer_jax.data import augment as A
+from dmformer_jax.data import randaugment as R
+
+FILL = (124, 116, 104)
+
+
+def _image(h=50, w=70, seed=0) -> np.ndarray:
+    """A structured, noisy uint8 RGB image (every op changes it visibly)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([(xx * 3) % 256, (yy * 5) % 256, ((xx + yy) * 2) % 256], -1)
+    return np.clip(img + rng.integers(-20, 21, img.shape), 0, 255).astype(np.uint8)
+
+
+def _seed(i: int) -> tf.Tensor:
+    return tf.constant([7, i], tf.int64)
+
+
+def _in_tf_data(fn, *args):
+    """fn(*args) run inside a tf.data map (graph mode, as the pipeline runs it)."""
+    ds = tf.data.Dataset.from_tensors(tuple(tf.convert_to_tensor(a) for a in args)).map(fn)
+    return tf.nest.map_structure(lambda t: t.numpy(), next(iter(ds)))
+
+
+def _eager(fn, *args):
+    return tf.nest.map_structure(lambda t: t.numpy(), fn(*(tf.convert_to_tensor(a) for a in args)))
+
+
+IMG = _image()
+IMG_F = IMG.astype(np.float32)
+LABELS = np.array([0, 3, 1, 2, 3, 0], np.int32)
+
+# (name, fn(image, seed)) for every random per-image op: same seed -> same output, eager or in tf.data.
+RANDOM_OPS = [
+    ("random_resized_crop", lambda x, s: A.random_resized_crop(x, s, 32)),
+    ("random_flip", lambda x, s: A.random_flip(x, s)),
+    ("color_jitter", lambda x, s: A.color_jitter(tf.cast(x, tf.float32), s, 0.4)),
+    ("rand_augment", lambda x, s: R.rand_augment(tf.cast(x, tf.float32), s, 2, 9.0, 0.5)),
+    ("random_erasing", lambda x, s: A.random_erasing(A.normalize(x, (0.5,) * 3, (0.25,) * 3), s, 1.0)),
+    ("eval_resize_crop", lambda x, s: A.eval_resize_crop(x, 32, 0.9)),
+]
+
+
+@pytest.mark.parametrize("name,fn", RANDOM_OPS, ids=[n for n, _ in RANDOM_OPS])
+def test_eager_equals_tf_data(name, fn):
+    for i in range(2):
+        eager = _eager(fn, IMG, _seed(i))
+        graph = _in_tf_data(fn, IMG, _seed(i))
+        np.testing.assert_array_equal(eager, graph, err_msg=name)
+    if name not in ("eval_resize_crop",):  # a random op must depend on its seed
+        outs = [_eager(fn, IMG, _seed(i)) for i in range(2, 6)]
+        assert any(not np.array_equal(outs[0], o) for o in outs[1:]), name
+
+
+def test_mix_batch_eager_equals_tf_data():
+    images = np.stack([_image(16, 16, seed=i) for i in range(6)]).astype(np.float32)
+    fn = lambda x, y, s: A.mix_batch(x, y, s, num_classes=4)  # noqa: E731
+    for i in range(4):
+        e = _eager(fn, images, LABELS, _seed(i))
+        g = _in_tf_data(fn, images, LABELS, _seed(i))
+        np.testing.assert_array_equal(e[0], g[0])
+        np.testing.assert_array_equal(e[1], g[1])
+
+
+# ----------------------------------------------------------------- crop and resize
+
+
+def test_crop_window_within_scale_and_ratio():
+    scale, ratio = (0.08, 1.0), (3 / 4, 4 / 3)
+    h, w = 120, 160
+    areas = []
+    for i in range(60):
+        top, left, ch, cw = A.sample_crop_window(tf.constant([h, w]), _seed(i), scale, ratio).numpy()
+        assert 0 <= top and top + ch <= h and 0 <= left and left + cw <= w
+        frac = ch * cw / (h * w)
+        areas.append(frac)
+        if (ch, cw) != (h, w):  # not TF's whole-image fallback
+            assert scale[0] - 0.01 <= frac <= scale[1]
+            # integer rounding of the sides moves the ratio by at most ~1 pixel
+            assert ratio[0] - 1.5 / ch <= cw / ch <= ratio[1] + 1.5 / ch
+    assert min(areas) < 0.3 and max(areas) > 0.7  # spans the range
+
+
+def test_crop_scale_bounds_light():
+    for i in range(30):
+        _, _, ch, cw = A.sample_crop_window(tf.constant([64, 64]), _seed(i), (0.6, 1.0), (3 / 4, 4 / 3)).numpy()
+        assert ch * cw / 64**2 >= 0.59
+
+
+def test_random_resized_crop_matches_pil_on_its_window():
+    window = A.sample_crop_window(tf.constant(IMG.shape), _seed(3)).numpy()
+    top, left, ch, cw = window
+    out = A.random_resized_crop(tf.constant(IMG), _seed(3), 32).numpy()
+    ref = np.asarray(Image.fromarray(IMG[top : top + ch, left : left + cw]).resize((32, 32), Image.BICUBIC))
+    assert out.shape == (32, 32, 3)
+    assert np.abs(out - ref).max() <= 2 and np.abs(out - ref).mean() < 0.5
+
+
+def test_decode_and_random_crop_png_and_jpeg_agree_with_full_decode():
+    for fmt in ("PNG", "JPEG"):
+        buf = io.BytesIO()
+        Image.fromarray(IMG).save(buf, format=fmt)
+        encoded = tf.constant(buf.getvalue())
+        full = A.decode_image(encoded)
+        got = A.decode_and_random_crop(encoded, _seed(5), 32).numpy()
+        ref = A.random_resized_crop(full, _seed(5), 32).numpy()
+        if fmt == "PNG":
+            np.testing.assert_array_equal(got, ref)
+        else:  # decode_and_crop_jpeg may differ by chroma upsampling at the crop edges
+            assert np.abs(got - ref).mean() < 3
+
+
+def test_grey_and_cmyk_jpeg_decode_to_rgb():
+    grey = io.BytesIO()
+    Image.fromarray(IMG[..., 0]).save(grey, format="JPEG", quality=95)
+    g = A.decode_image(tf.constant(grey.getvalue())).numpy()
+    assert g.shape == (50, 70, 3)
+    np.testing.assert_array_equal(g[..., 0], g[..., 1])
+    cmyk = io.BytesIO()
+    Image.fromarray(IMG).convert("CMYK").save(cmyk, format="JPEG", quality=95)
+    c = A.decode_image(tf.constant(cmyk.getvalue())).numpy().astype(float)
+    assert c.shape == (50, 70, 3)
+    assert np.abs(c - IMG).mean() < 12  # the RGB colours survive the CMYK round trip
+
+
+def test_eval_resize_crop_matches_timm_pil_reference():
+    for img, size, crop_pct in ((IMG, 32, 0.875), (IMG.transpose(1, 0, 2).copy(), 32, 0.95), (IMG, 40, 0.9)):
+        out = A.eval_resize_crop(tf.constant(img), size, crop_pct).numpy()
+        # timm: Resize(floor(size / crop_pct), bicubic) on the shorter side, CenterCrop(size)
+        scale = math.floor(size / crop_pct)
+        h, w = img.shape[:2]
+        nh, nw = (scale, int(scale * w / h)) if h <= w else (int(scale * h / w), scale)
+        resized = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BICUBIC)).astype(np.float64)
+        top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+        ref = resized[top : top + size, left : left + size]
+        assert out.shape == (size, size, 3)
+        assert np.abs(out - ref).max() <= 1.0 and np.abs(out - ref).mean() < 0.3
+
+
+def test_flip_is_mirror_or_identity_and_both_happen():
+    seen = set()
+    for i in range(16):
+        out = A.random_flip(tf.constant(IMG), _seed(i)).numpy()
+        if np.array_equal(out, IMG):
+            seen.add("id")
+        else:
+            np.testing.assert_array_equal(out, IMG[:, ::-1])
+            seen.add("flip")
+    assert seen == {"id", "flip"}
+
+
+def test_normalize_matches_numpy():
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    out = A.normalize(tf.constant(IMG), mean, std).numpy()
+    ref = (IMG.astype(np.float64) / 255.0 - np.array(mean)) / np.array(std)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+# -------------------------------------------------------------------- colour ops
+
+
+@pytest.mark.parametrize(
+    "ours,pil",
+    [
+        (lambda x: A.adjust_brightness(x, 1.3), lambda p: ImageEnhance.Brightness(p).enhance(1.3)),
+        (lambda x: A.adjust_contrast(x, 0.4), lambda p: ImageEnhance.Contrast(p).enhance(0.4)),
+        (lambda x: A.adjust_saturation(x, 1.6), lambda p: ImageEnhance.Color(p).enhance(1.6)),
+        (lambda x: R.sharpness(x, 1.8), lambda p: ImageEnhance.Sharpness(p).enhance(1.8)),
+        (lambda x: R.sharpness(x, 0.2), lambda p: ImageEnhance.Sharpness(p).enhance(0.2)),
+    ],
+    ids=["brightness", "contrast", "color", "sharpness_up", "sharpness_down"],
+)
+def test_enhance_ops_match_pil(ours, pil):
+    out = ours(tf.constant(IMG_F)).numpy()
+    ref = np.asarray(pil(Image.fromarray(IMG))).astype(np.float32)
+    assert np.abs(out - ref).max() <= 1.0  # PIL truncates where we round
+
+
+@pytest.mark.parametrize(
+    "ours,pil",
+    [
+        (R.autocontrast, ImageOps.autocontrast),
+        (R.equalize, ImageOps.equalize),
+        (lambda x: 255.0 - x, ImageOps.invert),
+        (lambda x: R.posterize(x, tf.constant(2)), lambda p: ImageOps.posterize(p, 2)),
+        (lambda x: R.solarize(x, 100.0), lambda p: ImageOps.solarize(p, 100)),
+        (lambda x: R.solarize_add(x, 40.0), lambda p: p.point(lambda i: min(255, i + 40) if i < 128 else i)),
+        (lambda x: R.translate_x(x, 7.0),
+         lambda p: p.transform(p.size, Image.AFFINE, (1, 0, 7, 0, 1, 0), Image.BILINEAR, fillcolor=FILL)),
+    ],
+    ids=["autocontrast", "equalize", "invert", "posterize", "solarize", "solarize_add", "translate_int"],
+)
+def test_exact_ops_match_pil(ours, pil):
+    out = ours(tf.constant(IMG_F)).numpy()
+    ref = np.asarray(pil(Image.fromarray(IMG))).astype(np.float32)
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_equalize_on_low_contrast_image_matches_pil():
+    low = (IMG // 8 + 100).astype(np.uint8)
+    np.testing.assert_array_equal(R.equalize(tf.constant(low, tf.float32)).numpy(),
+                                  np.asarray(ImageOps.equalize(Image.fromarray(low))))
+
+
+@pytest.mark.parametrize(
+    "ours,matrix_or_angle",
+    [
+        (lambda x: R.shear_x(x, 0.2), (1, 0.2, 0, 0, 1, 0)),
+        (lambda x: R.shear_y(x, -0.25), (1, 0, 0, -0.25, 1, 0)),
+        (lambda x: R.translate_y(x, -6.3), (1, 0, 0, 0, 1, -6.3)),
+        (lambda x: R.rotate(x, 20.0), 20.0),
+        (lambda x: R.rotate(x, -27.0), -27.0),
+    ],
+    ids=["shear_x", "shear_y", "translate_frac", "rotate20", "rotate-27"],
+)
+def test_geometric_ops_match_pil(ours, matrix_or_angle):
+    pil = Image.fromarray(IMG)
+    if isinstance(matrix_or_angle, float):
+        ref = pil.rotate(matrix_or_angle, resample=Image.BILINEAR, fillcolor=FILL)
+    else:
+        ref = pil.transform(pil.size, Image.AFFINE, matrix_or_angle, Image.BILINEAR, fillcolor=FILL)
+    diff = np.abs(ours(tf.constant(IMG_F)).numpy() - np.asarray(ref))
+    # identical up to rounding except along the fill border, where PIL and TF treat the
+    # half-pixel margin differently
+    assert (diff <= 1).mean() > 0.97 and diff.mean() < 1.2
+
+
+def test_rand_augment_ops_keep_uint8_range_and_all_ops_run():
+    x = tf.constant(IMG_F)
+    for index in range(len(R.OP_NAMES)):
+        for sign in (-1.0, 1.0):
+            out = R.apply_op(x, tf.constant(index), tf.constant(9.0), tf.constant(sign)).numpy()
+            assert out.shape == IMG.shape
+            assert out.min() >= 0 and out.max() <= 255 and np.array_equal(out, np.round(out)), R.OP_NAMES[index]
+            if R.OP_NAMES[index] not in ("AutoContrast",):
+                assert not np.array_equal(out, IMG_F), R.OP_NAMES[index]
+
+
+def test_color_jitter_zero_is_identity():
+    np.testing.assert_array_equal(A.color_jitter(tf.constant(IMG_F), _seed(0), 0.0).numpy(), IMG_F)
+
+
+# ----------------------------------------------------------------------- erasing
+
+
+def test_random_erasing_box_and_untouched_rest():
+    x = A.normalize(tf.constant(IMG), (0.5,) * 3, (0.25,) * 3).numpy()
+    applied = 0
+    for i in range(80):
+        out = A.random_erasing(tf.constant(x), _seed(i), probability=0.25).numpy()
+        changed = np.any(out != x, axis=-1)
+        if not changed.any():
+            continue
+        applied += 1
+        rows, cols = np.where(changed)
+        y0, y1, x0, x1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        box = np.zeros_like(changed)
+        box[y0:y1, x0:x1] = True
+        np.testing.assert_array_equal(out[~box], x[~box])  # the rest is untouched
+        area = (y1 - y0) * (x1 - x0) / changed.size
+        assert 0.015 <= area <= 1 / 3 + 0.03  # timm: 2%..1/3 of the area (rounded sides)
+        assert y1 - y0 < x.shape[0] and x1 - x0 < x.shape[1]
+        noise = out[y0:y1, x0:x1]
+        assert abs(noise.mean()) < 0.3 and 0.7 < noise.std() < 1.3  # per-pixel N(0, 1)
+    assert 8 <= applied <= 35  # p = 0.25 over 80 draws
+
+
+# ------------------------------------------------------------------------ mixing
+
+
+def _distinct_batch(b=6, s=16):
+    # image i is constant i + 1 (distinct from its partner B-1-i): the mixing is readable
+    return np.stack([np.full((s, s, 3), float(i + 1), np.float32) for i in range(b)])
+
+
+def test_mixup_labels_equal_image_lambda():
+    x = _distinct_batch()
+    k, smoothing = 4, 0.1
+    y_s = np.full((6, k), smoothing / k)
+    y_s[np.arange(6), LABELS] += 1 - smoothing
+    for i in range(6):
+        images, soft = (t.numpy() for t in A.mix_batch(x, LABELS, _seed(i), k, 0.8, 0.0, 0.5, smoothing))
+        np.testing.assert_allclose(soft.sum(1), 1.0, atol=1e-6)
+        # image 0 = lam * 1 + (1 - lam) * 6  ->  lam from the pixels
+        lam = (images[0, 0, 0, 0] - 6.0) / (1.0 - 6.0)
+        assert 0 <= lam <= 1
+        np.testing.assert_allclose(images, lam * x + (1 - lam) * x[::-1], atol=1e-5)
+        np.testing.assert_allclose(soft, lam * y_s + (1 - lam) * y_s[::-1], atol=1e-5)
+
+
+def test_cutmix_lambda_is_pasted_area():
+    x = _distinct_batch(s=20)
+    k = 4
+    for i in range(8):
+        images, soft = (t.numpy() for t in A.mix_batch(x, LABELS, _seed(i), k, 0.0, 1.0, 0.5, 0.0))
+        pasted = images[..., 0] != x[..., 0]
+        frac = pasted[0].mean()
+        assert np.all(pasted == pasted[0])  # one box for the batch (rows differ from their partners)
+        np.testing.assert_array_equal(images[pasted], x[::-1][pasted])  # box content from the partner
+        rows, cols = np.where(pasted[0])
+        if len(rows):
+            assert pasted[0, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all()  # a rectangle
+        lam = 1 - frac
+        ref = lam * np.eye(k)[LABELS] + (1 - lam) * np.eye(k)[LABELS[::-1]]
+        np.testing.assert_allclose(soft, ref, atol=1e-6)
+
+
+def test_mix_switch_uses_both_and_off_is_smoothed_one_hot():
+    x = _distinct_batch()
+    kinds = set()
+    for i in range(16):
+        images, _ = A.mix_batch(x, LABELS, _seed(i), 4, 0.8, 1.0, 0.5, 0.1)
+        img = images.numpy()
+        # mixup: all pixels of an image equal; cutmix: a box of pasted values
+        kinds.add("mixup" if np.all(img[0] == img[0, 0, 0, 0]) and img[0, 0, 0, 0] not in (1.0, 6.0) else "cutmix")
+    assert kinds == {"mixup", "cutmix"}
+    images, soft = A.mix_batch(x, LABELS, _seed(0), 4, 0.0, 0.0, 0.5, 0.1)
+    np.testing.assert_array_equal(images.numpy(), x)
+    ref = np.full((6, 4), 0.025)
+    ref[np.arange(6), LABELS] = 0.925
+    np.testing.assert_allclose(soft.numpy(), ref, atol=1e-7)
