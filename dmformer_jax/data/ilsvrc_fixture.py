@@ -67,6 +67,7 @@ def write_tiny_ilsvrc(
     val_images: int = 4,
     size: int = 40,
     seed: int = 0,
+    garbled: int = 0,
 ) -> dict[str, object]:
     """Writes ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar into ``manual_dir``.
 
@@ -79,10 +80,13 @@ def write_tiny_ilsvrc(
         first ``val_images`` validation file names and must be among ``synsets``.
       size: image height; widths are 5/4 of it (non-square, to exercise resizing).
       seed: noise seed.
+      garbled: extra undecodable training "JPEGs" (a JPEG start marker followed by
+        noise) added to the last synset, to exercise the pipeline's skip-and-count.
 
     Returns:
-      dict(train_labels=list of (file name, synset), val_labels=list of (file name,
-      synset), grayscale=file name, cmyk=file name).
+      dict(train_labels=list of (file name, synset) of the decodable training images,
+      val_labels=list of (file name, synset), grayscale=file name, cmyk=file name,
+      garbled=list of file names).
     """
     if images_per_class < 2:
         raise ValueError("images_per_class must be >= 2 (room for the greyscale and CMYK images)")
@@ -94,7 +98,7 @@ def write_tiny_ilsvrc(
     os.makedirs(manual_dir, exist_ok=True)
     rng = np.random.default_rng(seed)
     height, width = size, size * 5 // 4
-    train_labels, grayscale, cmyk = [], None, None
+    train_labels, garbled_names, grayscale, cmyk = [], [], None, None
     with tarfile.open(os.path.join(manual_dir, "ILSVRC2012_img_train.tar"), "w") as outer:
         for c, wnid in enumerate(synsets):
             inner_bytes = io.BytesIO()
@@ -110,6 +114,11 @@ def write_tiny_ilsvrc(
                         data = _jpeg(pixels)
                     _add(inner, name, data)
                     train_labels.append((name, wnid))
+                if c == len(synsets) - 1:
+                    for k in range(garbled):
+                        name = f"{wnid}_{images_per_class + k + 1}.JPEG"
+                        _add(inner, name, b"\xff\xd8\xff\xe0" + rng.bytes(200))
+                        garbled_names.append(name)
             _add(outer, f"{wnid}.tar", inner_bytes.getvalue())
     val_labels = []
     with tarfile.open(os.path.join(manual_dir, "ILSVRC2012_img_val.tar"), "w") as val:
@@ -117,4 +126,5 @@ def write_tiny_ilsvrc(
             name = f"ILSVRC2012_val_{i + 1:08d}.JPEG"
             _add(val, name, _jpeg(_pixels(rng, synsets.index(wnid), width, height)))  # portrait
             val_labels.append((name, wnid))
-    return {"train_labels": train_labels, "val_labels": val_labels, "grayscale": grayscale, "cmyk": cmyk}
+    return {"train_labels": train_labels, "val_labels": val_labels, "grayscale": grayscale, "cmyk": cmyk,
+            "garbled": garbled_names}
