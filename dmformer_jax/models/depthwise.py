@@ -4,17 +4,28 @@ All take NHWC inputs ``x`` ``(B, H, W, C)`` and a ``flax.linen.Conv``-layout ker
 ``(k, k, 1, C)`` and return ``(B, H', W', C)`` for a stride-1 dilated convolution
 with symmetric zero padding ``padding`` (``H' = H + 2·padding − d·(k−1)``).
 
-Implementations:
+Implementations (timings in ``docs/benchmarks.md``):
   - ``'xla'``: ``lax.conv_general_dilated(feature_group_count=C)``, what
-    ``nn.Conv`` runs. Fast on GPU/TPU; slow on XLA's CPU backend.
+    ``nn.Conv`` runs. Fast on GPU/TPU; 8–80× slower than PyTorch on XLA's CPU
+    backend.
   - ``'shift_add'``: the same arithmetic as a sum of k² shifted, per-channel scaled
-    slices, which XLA fuses into one elementwise loop; gradients by autodiff.
+    slices, which XLA fuses into one elementwise loop; gradients by autodiff (whose
+    kernel gradient is k² separate full-size reductions: slow).
+  - ``'shift_add_vjp'``: the shift-and-add forward with a custom VJP. The input
+    gradient is the same shift-and-add (flipped kernel on the output gradient). The
+    kernel gradient ``dK[i, j, c] = Σ_{b,h,w} x_pad[b, h+i·d, w+j·d, c]·g[b, h, w, c]``
+    is computed one output row at a time inside a ``lax.scan``: the k² products of
+    one row are stacked (``(W', k²·C)``, a few hundred KiB, in cache) and summed by
+    one matrix–vector product with a ones vector. So the activations are read once,
+    not k² times, and XLA's CPU backend sees one small GEMV per row rather than k²
+    strided reductions over the whole batch.
 
 ``'auto'`` picks per backend (`resolve_impl`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -39,31 +50,108 @@ def xla_depthwise(x: Array, kernel: Array, *, dilation: int, padding: int) -> Ar
     )
 
 
+def _pad_hw(x: Array, padding: int) -> Array:
+    """Zero-pads (or, for negative ``padding``, crops) H and W symmetrically."""
+    zero = jnp.zeros((), x.dtype)
+    cfg = ((0, 0, 0), (padding, padding, 0), (padding, padding, 0), (0, 0, 0))
+    return lax.pad(x, zero, cfg)
+
+
+def _windows(x_pad: Array, k_h: int, k_w: int, dilation: int, out_h: int, out_w: int):
+    """Yields ``(i, j, x_pad[:, i·d : i·d+out_h, j·d : j·d+out_w, :])``."""
+    batch, _, _, channels = x_pad.shape
+    for i in range(k_h):
+        for j in range(k_w):
+            start = (0, i * dilation, j * dilation, 0)
+            limit = (batch, i * dilation + out_h, j * dilation + out_w, channels)
+            yield i, j, lax.slice(x_pad, start, limit)
+
+
 def shift_add_depthwise(x: Array, kernel: Array, *, dilation: int, padding: int) -> Array:
     """Depth-wise conv as ``Σ_{i,j} kernel[i, j, 0, :] · x_pad[:, i·d:, j·d:, :]``."""
     k_h, k_w = kernel.shape[0], kernel.shape[1]
-    x_pad = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    x_pad = _pad_hw(x, padding)
     out_h = x_pad.shape[1] - dilation * (k_h - 1)
     out_w = x_pad.shape[2] - dilation * (k_w - 1)
     out = None
-    for i in range(k_h):
-        for j in range(k_w):
-            window = lax.dynamic_slice_in_dim(x_pad, i * dilation, out_h, axis=1)
-            window = lax.dynamic_slice_in_dim(window, j * dilation, out_w, axis=2)
-            term = window * kernel[i, j, 0]
-            out = term if out is None else out + term
+    for i, j, window in _windows(x_pad, k_h, k_w, dilation, out_h, out_w):
+        term = window * kernel[i, j, 0]
+        out = term if out is None else out + term
     return out
+
+
+def _kernel_grad(x: Array, g: Array, k_h: int, k_w: int, dilation: int, padding: int) -> Array:
+    """``dK`` ``(k_h, k_w, 1, C)`` in float32 from ``x`` ``(B, H, W, C)`` and ``g`` ``(B, H', W', C)``.
+
+    One scan step per output row (b, h): the row's k² products ``(W', k²·C)`` are
+    formed in cache and summed by a GEMV with ones (see the module docstring).
+    """
+    batch, out_h, out_w, channels = g.shape
+    x_pad = _pad_hw(x, padding)
+    span_h = dilation * (k_h - 1) + 1
+    rows = batch * out_h
+
+    def row_sum(acc: Array, index: Array) -> tuple[Array, None]:
+        b, h = index // out_h, index % out_h
+        x_rows = lax.dynamic_slice(
+            x_pad, (b, h, 0, 0), (1, span_h, x_pad.shape[2], channels)
+        ).astype(jnp.float32)
+        g_row = lax.dynamic_slice(g, (b, h, 0, 0), (1, 1, out_w, channels)).astype(jnp.float32)
+        products = jnp.stack(
+            [win * g_row for _, _, win in _windows(x_rows, k_h, k_w, dilation, 1, out_w)],
+            axis=-2,
+        ).reshape(out_w, k_h * k_w * channels)
+        return acc + jnp.ones((out_w,), jnp.float32) @ products, None
+
+    acc, _ = lax.scan(
+        row_sum, jnp.zeros((k_h * k_w * channels,), jnp.float32), jnp.arange(rows)
+    )
+    return acc.reshape(k_h, k_w, 1, channels)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _shift_add_vjp(x: Array, kernel: Array, dilation: int, padding: int) -> Array:
+    return shift_add_depthwise(x, kernel, dilation=dilation, padding=padding)
+
+
+def _shift_add_vjp_fwd(x, kernel, dilation, padding):
+    return shift_add_depthwise(x, kernel, dilation=dilation, padding=padding), (x, kernel)
+
+
+def _shift_add_vjp_bwd(dilation, padding, residuals, g):
+    x, kernel = residuals
+    k_h, k_w = kernel.shape[0], kernel.shape[1]
+    # The transpose of a stride-1 correlation is the correlation of g with the
+    # flipped kernel, padded by d·(k−1) − p (negative: crop), which restores H×W.
+    flipped = kernel[::-1, ::-1]
+    back_pad = dilation * (k_h - 1) - padding
+    dx = shift_add_depthwise(g, flipped, dilation=dilation, padding=back_pad)
+    dk = _kernel_grad(x, g, k_h, k_w, dilation, padding)
+    return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+_shift_add_vjp.defvjp(_shift_add_vjp_fwd, _shift_add_vjp_bwd)
+
+
+def shift_add_vjp_depthwise(x: Array, kernel: Array, *, dilation: int, padding: int) -> Array:
+    """`shift_add_depthwise` with a custom VJP whose kernel gradient is one pass."""
+    if kernel.shape[0] != kernel.shape[1]:
+        raise ValueError(f"shift_add_vjp needs a square kernel, got {kernel.shape[:2]}")
+    return _shift_add_vjp(x, kernel, dilation, padding)
 
 
 IMPLEMENTATIONS: dict[str, DepthwiseFn] = {
     "xla": xla_depthwise,
     "shift_add": shift_add_depthwise,
+    "shift_add_vjp": shift_add_vjp_depthwise,
 }
 
-# Chosen from measurement (docs/benchmarks.md): XLA's grouped conv is 8–80× slower
-# than a fused shift-and-add on the CPU backend; on GPU/TPU its own conv is used.
+# Chosen from measurement (docs/benchmarks.md): on the CPU backend XLA's grouped conv
+# is 8–80× slower than the fused shift-and-add, and the custom VJP makes training
+# several times faster than autodiff of it. On GPU/TPU XLA's own conv is used until
+# benchmarks/gpu_check.py says otherwise.
 DEFAULT_IMPL_BY_BACKEND: dict[str, str] = {
-    "cpu": "shift_add",
+    "cpu": "shift_add_vjp",
     "gpu": "xla",
     "tpu": "xla",
 }
@@ -90,7 +178,10 @@ def resolve_impl(impl: str, backend: str | None = None) -> str:
 def depthwise_conv2d(
     x: Array, kernel: Array, *, dilation: int = 1, padding: int = 0, impl: str = "auto"
 ) -> Array:
-    """Stride-1 depth-wise conv. ``x`` ``(B, H, W, C)``, ``kernel`` ``(k, k, 1, C)``."""
+    """Stride-1 depth-wise conv. ``x`` ``(B, H, W, C)``, ``kernel`` ``(k, k, 1, C)``.
+
+    Returns ``(B, H + 2·padding − d·(k−1), W + 2·padding − d·(k−1), C)``.
+    """
     if kernel.ndim != 4 or kernel.shape[2] != 1 or kernel.shape[3] != x.shape[-1]:
         raise ValueError(
             f"depth-wise kernel must be (k, k, 1, C={x.shape[-1]}), got {kernel.shape}"
