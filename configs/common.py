@@ -46,6 +46,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.data.std = IMAGENET_STD
     config.data.shuffle_buffer = 16_384
     config.data.prefetch_to_device = 2
+    # Training-stream shards; None: one per process. Fixing it makes every global batch
+    # the same whatever the process count (reproducible across cluster sizes).
+    config.data.num_shards = ml_collections.FieldReference(None, field_type=int)
     # Independent deterministic input streams (None: one per process). The global batch
     # depends only on this, not on the process count; must divide by process_count.
     config.data.num_shards = ml_collections.FieldReference(None, field_type=int)
@@ -91,4 +94,18 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.init_from = ml_collections.FieldReference(None, field_type=str)  # checkpoint to fine-tune from
     config.reset_head = False
     config.distributed = False  # call jax.distributed.initialize() (multi-host)
+    # Explicit cluster settings for jax.distributed.initialize; None lets JAX detect
+    # them (Cloud TPU, SLURM, Open MPI). Set all three for a hand-launched CPU/GPU cluster.
+    config.coordinator_address = ml_collections.FieldReference(None, field_type=str)  # "host:port"
+    config.num_processes = ml_collections.FieldReference(None, field_type=int)
+    config.process_id = ml_collections.FieldReference(None, field_type=int)
+
+    # --- run control (added by the trainer) -------------------------------------
+    config.eval_at_end = True  # evaluate the final parameters on the whole eval split
+    config.async_checkpointing = True  # Orbax writes in a background thread
+    # End this run after this step, checkpointing it, as a preemption would (time-boxed
+    # jobs, resume tests); the next run on the workdir continues to num_train_steps.
+    config.stop_at_step = ml_collections.FieldReference(None, field_type=int)
+    config.model.widths = ml_collections.FieldReference(None, field_type=tuple)  # None: variant's
+    config.model.depths = ml_collections.FieldReference(None, field_type=tuple)  # None: variant's
     return config

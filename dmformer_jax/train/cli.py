@@ -1,0 +1,153 @@
+"""Command line of ``train.py`` and ``python -m dmformer_jax.eval``.
+
+Every mistake a user can fix (unknown config key, wrong type, missing config file,
+indivisible batch, unknown model, missing data or checkpoint) ends the process with
+ONE line ``error: ...`` on stderr and exit status 2, before the workdir is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+from typing import Sequence
+
+from absl import flags
+from ml_collections import config_flags
+
+from dmformer_jax.errors import ConfigError, UserError
+
+USER_ERROR_EXIT_CODE = 2
+DIVERGED_EXIT_CODE = 1
+
+
+@dataclasses.dataclass
+class Args:
+    config: object  # ml_collections.ConfigDict, or None (eval: use the checkpoint's)
+    workdir: str
+    eval_only: bool
+    step: int | None
+
+
+def _override_keys(argv: Sequence[str]) -> list[str]:
+    return [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1]
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _unknown_key_message(exc: BaseException, argv: Sequence[str]) -> str:
+    text = str(exc).replace("\\n", "\n").replace("\\", "")
+    names = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text)
+    missing = names[0] if names else text
+    keys = [k for k in _override_keys(argv) if k.split(".")[-1] == missing]
+    key = keys[0] if keys else missing
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    fix = f"did you mean {hint.group(1)!r}?" if hint else "check the spelling against configs/common.py"
+    return f"unknown config key {key!r} (--config.{key}=...); {fix}"
+
+
+def parse_args(argv: Sequence[str], *, config_required: bool = True) -> Args:
+    """Parses ``--config FILE [--config.key=value ...] --workdir DIR [--eval_only] [--step N]``.
+
+    Raises:
+      ConfigError: a one-line description of the bad flag.
+    """
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", None, "Python config file with get_config(); override fields with --config.x=y.",
+        flag_values=fv, lock_config=True, sys_argv=list(argv),
+    )
+    flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, TensorBoard.", flag_values=fv)
+    flags.DEFINE_bool("eval_only", False, "Evaluate the newest (or --step) checkpoint and exit.", flag_values=fv)
+    flags.DEFINE_integer("step", None, "Checkpoint step for --eval_only (default: newest).", flag_values=fv)
+    try:
+        rest = fv(list(argv))
+        if len(rest) > 1:
+            raise ConfigError(f"unexpected argument(s) {rest[1:]}; flags look like --workdir=DIR")
+        if not fv.workdir:
+            raise ConfigError("--workdir is required (the run directory, e.g. --workdir runs/digits)")
+        if fv["config"].value is None and not fv["config"].present and not config_required:
+            return Args(None, fv.workdir, fv.eval_only, fv.step)
+        config = fv.config  # loads the file and applies the overrides
+        if config is not None:
+            config.keys()  # a failed load is deferred until first use: surface it here
+    except flags.Error as e:
+        raise ConfigError(_one_line(e)) from None
+    except (AttributeError, KeyError) as e:
+        raise ConfigError(_unknown_key_message(e, argv)) from None
+    except OSError as e:
+        raise ConfigError(
+            f"cannot load the config file: {_one_line(e)}; pass e.g. --config configs/digits.py"
+        ) from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"bad config override: {_one_line(e)}") from None
+    if config is None:
+        raise ConfigError("--config is required, e.g. --config configs/digits.py")
+    return Args(config, fv.workdir, fv.eval_only, fv.step)
+
+
+def init_distributed(config) -> None:
+    """``jax.distributed.initialize`` when ``config.distributed`` (before any JAX use)."""
+    if not config.distributed:
+        return
+    import jax
+
+    # CPU clusters need a collectives backend; GPU/TPU clients ignore this setting.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(
+            coordinator_address=config.coordinator_address,
+            num_processes=config.num_processes,
+            process_id=config.process_id,
+        )
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(
+            f"jax.distributed.initialize failed: {_one_line(e)}; set config.coordinator_address, "
+            "num_processes and process_id, or run where JAX detects the cluster (Cloud TPU, SLURM)"
+        ) from None
+
+
+def _error(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def main(argv: Sequence[str] | None = None, *, eval_entry: bool = False) -> int:
+    """Runs training (or ``--eval_only`` evaluation); returns the exit status.
+
+    0: done; 1: diverged (NaN/Inf loss); 2: user error; 143: preempted (checkpoint saved).
+    """
+    from dmformer_jax.train.loop import PREEMPTED_EXIT_CODE, Preempted, TrainingDivergedError
+
+    argv = list(sys.argv if argv is None else argv)
+    try:
+        args = parse_args(argv, config_required=not eval_entry)
+        if args.config is not None:
+            init_distributed(args.config)
+        from dmformer_jax.train import loop
+
+        if eval_entry or args.eval_only:
+            loop.evaluate_checkpoint(args.workdir, args.config, step=args.step)
+        else:
+            loop.train_and_evaluate(args.config, args.workdir)
+    except UserError as e:
+        return _error(_one_line(e), USER_ERROR_EXIT_CODE)
+    except TrainingDivergedError as e:
+        return _error(_one_line(e), DIVERGED_EXIT_CODE)
+    except Preempted as e:
+        print(str(e), flush=True)
+        print(f"preempted: {e}", file=sys.stderr, flush=True)
+        return PREEMPTED_EXIT_CODE
+    return 0
+
+
+def run() -> None:
+    """Console entry point: ``sys.exit(main())``."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())

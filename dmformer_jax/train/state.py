@@ -1,0 +1,137 @@
+"""The train state (one pytree, checkpointed whole) and the model built from a config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from dmformer_jax.errors import ConfigError
+from dmformer_jax.models import create_model, get_variant
+from dmformer_jax.train import mesh as mesh_lib
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything a resumed run needs (the data position is ``step`` itself).
+
+    Attributes:
+      step: int32 scalar, loop steps done (micro-batches when accumulating).
+      params: model parameters.
+      batch_stats: BatchNorm running statistics.
+      opt_state: optax state.
+      ema_params: exponential moving average of ``params``, or None when off.
+      rng: uint32 ``(2,)`` raw key data; step ``s`` uses ``fold_in(rng, s)``.
+    """
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    ema_params: Any
+    rng: jax.Array
+
+
+def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The `create_model` overrides that ``config.model`` asks for (JSON-friendly)."""
+    m = config.model
+    if m.dtype not in DTYPES:
+        raise ConfigError(f"config.model.dtype={m.dtype!r} is not one of {sorted(DTYPES)}")
+    kwargs: dict[str, Any] = dict(
+        depthwise_impl=m.depthwise_impl,
+        expand_ratio=m.expand_ratio,
+        fusion=m.fusion,
+        gate_reduction=m.gate_reduction,
+        inner_residual=m.inner_residual,
+    )
+    if m.drop_path_rate is not None:
+        kwargs["drop_path_rate"] = float(m.drop_path_rate)
+    if m.get("widths") is not None:
+        kwargs["widths"] = tuple(int(w) for w in m.widths)
+    if m.get("depths") is not None:
+        kwargs["depths"] = tuple(int(d) for d in m.depths)
+    return kwargs
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+    """The DMFormer of ``config.model`` with ``num_classes`` outputs.
+
+    Raises:
+      ConfigError: unknown model name or option (one line, listing valid values).
+    """
+    try:
+        get_variant(config.model.name)
+        return create_model(
+            config.model.name,
+            num_classes=num_classes,
+            dtype=DTYPES[config.model.dtype] if config.model.dtype in DTYPES else None,
+            **model_kwargs(config),
+        )
+    except ValueError as e:
+        raise ConfigError(f"config.model: {e}") from None
+
+
+def init_variables(model: nn.Module, image_size: int, seed: int) -> dict[str, Any]:
+    """``{'params', 'batch_stats'}`` of ``model`` for ``(1, S, S, 3)`` inputs."""
+    dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    return model.init(jax.random.key(seed), dummy, train=False)
+
+
+def _make_init(model, tx, image_size: int, seed: int, use_ema: bool):
+    """The function that builds a fresh `TrainState` (traced by jit or eval_shape)."""
+
+    def init() -> TrainState:
+        variables = init_variables(model, image_size, seed)
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=tx.init(params),
+            ema_params=jax.tree.map(jnp.copy, params) if use_ema else None,
+            # A key distinct from the init key: drop path must not reuse init randomness.
+            rng=jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1)),
+        )
+
+    return init
+
+
+def create_train_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    *,
+    image_size: int,
+    seed: int,
+    use_ema: bool,
+    mesh: Mesh,
+) -> TrainState:
+    """A fresh `TrainState`, initialised directly in its replicated sharding.
+
+    Shapes come first (``jax.eval_shape``) so the state is materialised once, on every
+    device, by one jitted init.
+    """
+    init = _make_init(model, tx, image_size, seed, use_ema)
+    abstract = jax.eval_shape(init)
+    return jax.jit(init, out_shardings=mesh_lib.tree_replicated(mesh, abstract))()
+
+
+def abstract_train_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    *,
+    image_size: int,
+    seed: int,
+    use_ema: bool,
+    mesh: Mesh,
+) -> TrainState:
+    """`TrainState` of ``jax.ShapeDtypeStruct`` s with shardings: a restore target."""
+    sharding = mesh_lib.replicated(mesh)
+    shapes = jax.eval_shape(_make_init(model, tx, image_size, seed, use_ema))
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
