@@ -46,9 +46,6 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.data.std = IMAGENET_STD
     config.data.shuffle_buffer = 16_384
     config.data.prefetch_to_device = 2
-    # Training-stream shards; None: one per process. Fixing it makes every global batch
-    # the same whatever the process count (reproducible across cluster sizes).
-    config.data.num_shards = ml_collections.FieldReference(None, field_type=int)
     # Independent deterministic input streams (None: one per process). The global batch
     # depends only on this, not on the process count; must divide by process_count.
     config.data.num_shards = ml_collections.FieldReference(None, field_type=int)
