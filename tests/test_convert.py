@@ -1,0 +1,78 @@
+"""Flax <-> PyTorch state-dict conversion: layouts, round trips, and named errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import dmformer_jax
+from dmformer_jax.convert import ConversionError, flax_to_torch_state_dict, torch_state_dict_to_flax
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = dmformer_jax.create_model("dmformer_tiny_test", num_classes=5)
+    # Shapes only (compiling model.init is slow on CPU); distinct random values
+    # everywhere so a wrong transpose cannot pass by symmetry.
+    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    leaves, treedef = jax.tree.flatten(variables)
+    rng = np.random.RandomState(0)
+    variables = jax.tree.unflatten(treedef, [rng.randn(*np.shape(l)).astype(np.float32) for l in leaves])
+    return model, variables
+
+
+def test_layouts(tiny):
+    _, v = tiny
+    sd = flax_to_torch_state_dict(v)
+    dw = np.asarray(v["params"]["stage_0_block_0"]["token_mixer"]["branch_2"]["kernel"])  # (7, 7, 1, C)
+    got = sd["stage_0_block_0.token_mixer.branch_2.weight"]  # (C, 1, 7, 7)
+    assert got.shape == (dw.shape[3], 1, 7, 7)
+    assert got[3, 0, 1, 5] == dw[1, 5, 0, 3]
+    conv = np.asarray(v["params"]["stem"]["conv1"]["kernel"])  # (7, 7, 3, O)
+    got = sd["stem.conv1.weight"]
+    assert got[4, 2, 6, 1] == conv[6, 1, 2, 4]
+    dense = np.asarray(v["params"]["head"]["kernel"])  # (in, out)
+    assert sd["head.weight"].shape == dense.T.shape and sd["head.weight"][2, 7] == dense[7, 2]
+    assert np.array_equal(sd["stem.bn1.running_var"], np.asarray(v["batch_stats"]["stem"]["bn1"]["var"]))
+    assert np.array_equal(sd["stem.norm.weight"], np.asarray(v["params"]["stem"]["norm"]["scale"]))
+    assert sd["stem.bn1.num_batches_tracked"].dtype == np.int64
+
+
+def test_round_trip_is_exact(tiny):
+    _, v = tiny
+    back = torch_state_dict_to_flax(flax_to_torch_state_dict(v), like=v)
+    flat_v = jax.tree_util.tree_leaves_with_path(v)
+    flat_b = dict(jax.tree_util.tree_leaves_with_path(back))
+    assert len(flat_v) == len(flat_b)
+    for path, leaf in flat_v:
+        np.testing.assert_array_equal(np.asarray(flat_b[path]), np.asarray(leaf), err_msg=str(path))
+
+
+def test_matches_the_torch_model_keys(tiny):
+    torch_model_mod = pytest.importorskip("dmformer_jax.torch_model")
+    _, v = tiny
+    tm = torch_model_mod.create_torch_model("dmformer_tiny_test", num_classes=5)
+    sd = flax_to_torch_state_dict(v, like=tm.state_dict())
+    assert set(sd) == set(tm.state_dict())
+    # And back from a real torch state dict (tensors, not arrays).
+    back = torch_state_dict_to_flax(tm.state_dict(), like=v)
+    assert jax.tree.structure(back) == jax.tree.structure(jax.tree.map(np.asarray, v))
+
+
+def test_errors_name_the_keys(tiny):
+    _, v = tiny
+    sd = flax_to_torch_state_dict(v)
+    broken = dict(sd)
+    del broken["head.bias"]
+    broken["head.extra"] = np.zeros(3)
+    broken["stem.conv1.weight"] = np.zeros((1, 2, 3, 4), np.float32)
+    with pytest.raises(ConversionError) as err:
+        torch_state_dict_to_flax(broken, like=v)
+    msg = str(err.value)
+    assert "missing 1 key(s): head.bias" in msg
+    assert "unexpected 1 key(s): head.extra" in msg
+    assert "stem.conv1.weight: got (1, 2, 3, 4)" in msg
+    other = dmformer_jax.create_model("dmformer_tiny_test", num_classes=7)
+    other_v = jax.eval_shape(other.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    with pytest.raises(ConversionError, match=r"head\.weight: got \(5, 32\), expected \(7, 32\)"):
+        flax_to_torch_state_dict(v, like=flax_to_torch_state_dict(jax.tree.map(lambda s: np.empty(s.shape, np.float32), other_v)))

@@ -1,0 +1,97 @@
+"""The Flax model and the independent PyTorch re-implementation give the same logits."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import dmformer_jax  # noqa: E402
+from dmformer_jax.convert import flax_to_torch_state_dict  # noqa: E402
+from dmformer_jax.models import depthwise  # noqa: E402
+from dmformer_jax.torch_model import create_torch_model  # noqa: E402
+
+
+def random_variables(model, x, seed=0):
+    """Variables of ``model`` filled with random values, without compiling ``model.init``.
+
+    ``model.init`` compiles slowly on CPU (tens of seconds, the truncated-normal
+    initialisers), and its values would make a weak test anyway: layer scales of
+    1e-5 make every block nearly the identity, and BN stats are 0/1. Here kernels
+    are N(0, 1/fan_in), layer scales O(1) and BN stats random, so every module
+    matters for the logits.
+    """
+    rng = np.random.RandomState(seed)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.asarray(x))
+
+    def fill(path, leaf):
+        name, shape = getattr(path[-1], "key", ""), leaf.shape
+        if name == "kernel":
+            return (rng.randn(*shape) / np.sqrt(np.prod(shape[:-1]))).astype(np.float32)
+        if name == "gamma":
+            return rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        if name == "var":
+            return rng.uniform(0.5, 2.0, shape).astype(np.float32)
+        base = 1.0 if name == "scale" else 0.0
+        return (base + 0.1 * rng.randn(*shape)).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+@pytest.fixture(scope="module")
+def peers():
+    name, classes = "dmformer_t", 10
+    x = np.random.RandomState(1).randn(2, 64, 64, 3).astype(np.float32)
+    model = dmformer_jax.create_model(name, num_classes=classes)
+    variables = random_variables(model, x)
+    torch_model = create_torch_model(name, num_classes=classes).eval()
+    state = flax_to_torch_state_dict(variables, like=torch_model.state_dict())
+    torch_model.load_state_dict({k: torch.tensor(v) for k, v in state.items()}, strict=True)
+    with torch.no_grad():
+        torch_logits = torch_model(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+        torch_features = {
+            k: v.permute(0, 2, 3, 1).numpy()
+            for k, v in torch_model.forward_features(torch.from_numpy(x).permute(0, 3, 1, 2)).items()
+        }
+    return name, classes, x, variables, torch_logits, torch_features
+
+
+@pytest.mark.parametrize("impl", sorted(depthwise.IMPLEMENTATIONS))
+def test_dmformer_t_logits_match_pytorch(peers, impl):
+    name, classes, x, variables, torch_logits, _ = peers
+    model = dmformer_jax.create_model(name, num_classes=classes, depthwise_impl=impl)
+    logits = np.asarray(jax.jit(model.apply)(variables, jnp.asarray(x)))
+    assert np.std(torch_logits) > 0.1  # the comparison is not between near-constants
+    np.testing.assert_allclose(logits, torch_logits, rtol=0, atol=1e-4)
+
+
+def test_dmformer_t_features_match_pytorch(peers):
+    name, classes, x, variables, _, torch_features = peers
+    model = dmformer_jax.create_model(name, num_classes=classes)
+    features = jax.jit(lambda v, x: model.apply(v, x, method="features"))(variables, jnp.asarray(x))
+    for key, want in torch_features.items():
+        np.testing.assert_allclose(np.asarray(features[key]), want, rtol=0, atol=1e-4, err_msg=key)
+
+
+def test_training_mode_matches_pytorch_batch_statistics(peers):
+    """train=True: BN uses batch statistics and updates running stats like PyTorch."""
+    name, classes, x, variables, _, _ = peers
+    model = dmformer_jax.create_model(name, num_classes=classes, drop_path_rate=0.0)
+    apply = jax.jit(
+        lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"], rngs={"drop_path": jax.random.key(0)})
+    )
+    logits, updates = apply(variables, jnp.asarray(x))
+    torch_model = create_torch_model(name, num_classes=classes, drop_path_rate=0.0).train()
+    state = flax_to_torch_state_dict(variables, like=torch_model.state_dict())
+    torch_model.load_state_dict({k: torch.tensor(v) for k, v in state.items()})
+    torch_logits = torch_model(torch.from_numpy(x).permute(0, 3, 1, 2)).detach().numpy()
+    np.testing.assert_allclose(np.asarray(logits), torch_logits, rtol=0, atol=1e-4)
+    # Running means after one step agree (Flax momentum 0.9 == PyTorch momentum 0.1;
+    # PyTorch's running var uses the unbiased batch variance, Flax the biased one, so
+    # only the means are compared).
+    new_state = flax_to_torch_state_dict({"batch_stats": updates["batch_stats"]})
+    sd = torch_model.state_dict()
+    for key, value in new_state.items():
+        if key.endswith("running_mean"):
+            np.testing.assert_allclose(value, sd[key].numpy(), rtol=0, atol=1e-5, err_msg=key)
