@@ -61,6 +61,12 @@ def decode_error_count() -> int:
     return DECODE_ERRORS.count
 
 
+def _graph_fn(fn):
+    """Skips AutoGraph: these functions use TF control flow only, and converting them
+    (RandAugment's 15 branches) costs seconds per trace."""
+    return tf.autograph.experimental.do_not_convert(fn)
+
+
 def _options() -> tf.data.Options:
     options = tf.data.Options()
     options.deterministic = True
@@ -125,7 +131,7 @@ def train_shard_dataset(
     first_epoch, offset = divmod(start, per_epoch)
 
     ds = tf.data.Dataset.range(first_epoch, _FOREVER).flat_map(
-        lambda e: _shard_records(builder, split, order_seed, e, int(d.shuffle_buffer))
+        _graph_fn(lambda e: _shard_records(builder, split, order_seed, e, int(d.shuffle_buffer)))
     )
     ds = ds.skip(offset).enumerate(start=start)  # raw records only: resume never decodes
     parse = _parser(builder)
@@ -153,8 +159,8 @@ def train_shard_dataset(
             image = aug.random_erasing(image, s[3], float(a.random_erasing))
         return pos, image, label
 
-    ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors(log_warning=True)
-    ds = ds.map(augment, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.map(_graph_fn(decode), num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors(log_warning=True)
+    ds = ds.map(_graph_fn(augment), num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.batch(shard_batch, drop_remainder=True).enumerate(start=int(start_step))
 
     def mix(step, batch):
@@ -165,7 +171,7 @@ def train_shard_dataset(
         )
         return {"image": images, "label": soft, "pos": pos}
 
-    return ds.map(mix, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.map(_graph_fn(mix), num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
 def train_iterator(builder, config, *, shards: Sequence[int], num_shards: int, shard_batch: int,
@@ -184,7 +190,7 @@ def train_iterator(builder, config, *, shards: Sequence[int], num_shards: int, s
             "pos": tf.stack([p["pos"] for p in parts], axis=0),
         }
 
-    ds = tf.data.Dataset.zip(datasets).map(concat).with_options(_options()).prefetch(AUTOTUNE)
+    ds = tf.data.Dataset.zip(datasets).map(_graph_fn(concat)).with_options(_options()).prefetch(AUTOTUNE)
     last = np.full(len(datasets), start_step * shard_batch - 1, np.int64)
     for batch in ds.as_numpy_iterator():
         pos = batch.pop("pos")  # [num local shards, shard_batch]
@@ -220,8 +226,8 @@ def eval_iterator(builder, config, *, split: str, size: int, crop_pct: float, ba
             decoders={"image": tfds.decode.SkipDecoding()},
             read_config=tfds.ReadConfig(options=_options(), try_autocache=False),
         )
-        ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors(log_warning=True)
-        ds = ds.concatenate(pad)
+        ds = ds.map(_graph_fn(decode), num_parallel_calls=AUTOTUNE, deterministic=True)
+        ds = ds.ignore_errors(log_warning=True).concatenate(pad)
     else:  # more processes than eval examples: this one only pads
         ds = pad
     ds = ds.batch(batch).take(num_batches).with_options(_options()).prefetch(AUTOTUNE)
