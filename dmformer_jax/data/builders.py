@@ -43,7 +43,13 @@ def _prepare(builder: tfds.core.DatasetBuilder, config) -> None:
     name, data_dir = config.data.name, _data_dir(config)
     where = data_dir or tfds.core.constants.DATA_DIR
     if name in _SELF_BUILT:
-        builder.download_and_prepare()
+        try:
+            builder.download_and_prepare()
+        except Exception:
+            # Several processes may build it into one data_dir at once: if another one
+            # finished first (TFDS renames its temporary folder into place), use its copy.
+            if not tfds.builder(name, data_dir=data_dir).is_prepared():
+                raise
         return
     manual_dir = config.data.manual_dir
     if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None) and manual_dir:
@@ -91,6 +97,7 @@ def get_builder(config) -> tfds.core.DatasetBuilder:
                         "'imagenet2012' or 'dmformer_digits'") from None
     if not builder.is_prepared():
         _prepare(builder, config)
+        builder = tfds.builder(name, data_dir=data_dir)  # reads the prepared dataset's info
     for field in ("train_split", "eval_split"):
         split = config.data[field]
         try:
