@@ -171,6 +171,11 @@ def test_bad_input_gives_one_line_data_errors(digits_dir, tmp_path):
     _one_line_data_error(lambda: data.make_train_iterator(c, start_step=0, process_index=0, process_count=1),
                          "batch_size=8", "num_shards=3")
     c = _config(digits_dir)
+    c.data.train_split = "train[:3]"
+    c.data.num_shards = 4
+    _one_line_data_error(lambda: data.make_train_iterator(c, start_step=0, process_index=0, process_count=1),
+                         "num_shards=4")
+    c = _config(digits_dir)
     _one_line_data_error(lambda: data.make_train_iterator(c, start_step=0, process_index=2, process_count=2),
                          "process_index 2")
     c = _config(digits_dir)

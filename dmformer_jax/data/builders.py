@@ -157,6 +157,10 @@ def make_train_iterator(config, *, start_step: int, process_index: int,
         raise DataError(f"start_step={start_step} is negative")
     shards = num_shards(config, process_count)
     builder = get_builder(config)
+    smallest = min(builder.info.splits[s].num_examples for s in tfds.even_splits(config.data.train_split, shards))
+    if smallest == 0:
+        raise DataError(f"data.num_shards={shards} is more than the {config.data.train_split!r} examples; "
+                        "lower --config.data.num_shards")
     per_process = shards // process_count
     return pipeline.train_iterator(
         builder,
