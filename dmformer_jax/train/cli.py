@@ -113,6 +113,18 @@ def init_distributed(config) -> None:
         ) from None
 
 
+def shutdown_distributed(config) -> None:
+    """Leaves the cluster while every process is still alive.
+
+    Left to interpreter exit, the coordination-service shutdown barrier can wait on a
+    process that is already tearing its modules down (seen with 2 CPU processes).
+    """
+    if config is not None and config.distributed:
+        import jax
+
+        jax.distributed.shutdown()
+
+
 def _error(message: str, code: int) -> int:
     print(f"error: {message}", file=sys.stderr, flush=True)
     return code
@@ -132,10 +144,13 @@ def main(argv: Sequence[str] | None = None, *, eval_entry: bool = False) -> int:
             init_distributed(args.config)
         from dmformer_jax.train import loop
 
-        if eval_entry or args.eval_only:
-            loop.evaluate_checkpoint(args.workdir, args.config, step=args.step)
-        else:
-            loop.train_and_evaluate(args.config, args.workdir)
+        try:
+            if eval_entry or args.eval_only:
+                loop.evaluate_checkpoint(args.workdir, args.config, step=args.step)
+            else:
+                loop.train_and_evaluate(args.config, args.workdir)
+        finally:
+            shutdown_distributed(args.config)
     except UserError as e:
         return _error(_one_line(e), USER_ERROR_EXIT_CODE)
     except TrainingDivergedError as e:

@@ -283,6 +283,10 @@ def _train(config, workdir, data, info, s: _Setup, mngr, state_sharding, total) 
             use_ema=config.optim.ema_decay is not None, mesh=s.mesh,
         )
         start = 0
+        if config.get("init_from"):  # fine-tuning: pretrained weights, fresh optimizer
+            from dmformer_jax.finetune import init_state_from_pretrained
+
+            state = init_state_from_pretrained(config, state, log=log)
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
     log(
         f"{config.model.name} ({num_params:,} params, {config.model.dtype}) on {info.name}: "
@@ -351,6 +355,11 @@ def _train(config, workdir, data, info, s: _Setup, mngr, state_sharding, total) 
             state, metrics = train_step(state, batch)
             step += 1
             pending.append((step, metrics))
+            if step == start + 1:
+                # Time from here on: the first step includes compilation.
+                jax.block_until_ready(metrics)
+                log(f"first step (compile + run) took {time.time() - t_last:.1f}s")
+                t_last, step_last = time.time(), step
             if step < stop_at:
                 # Assemble the next batch while the device runs this step.
                 next_batch = mesh_lib.global_batch(s.mesh, next(iterator))
@@ -359,7 +368,7 @@ def _train(config, workdir, data, info, s: _Setup, mngr, state_sharding, total) 
                 mean = check_pending()
                 now = time.time()
                 dt = max(now - t_last, 1e-9)
-                img_s = (step - step_last) * config.batch_size / dt
+                img_s = (step - step_last) * config.batch_size / dt if step > step_last else 0.0
                 eta = (total - step) * dt / max(step - step_last, 1)
                 log(progress_line(step, total, mean, img_s, eta))
                 writer.write(step, "train", {**mean, "img_per_sec": img_s})
