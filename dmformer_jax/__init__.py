@@ -1,6 +1,10 @@
 """dmformer-jax: DMFormer (arXiv 2209.07738) in JAX/Flax."""
 
+from dmformer_jax.api import export, export_checkpoint, features, from_torch, load, read_metadata, to_torch
 from dmformer_jax.models import DMFormer, create_model, list_models
 
 __version__ = "0.1.0"
-__all__ = ["DMFormer", "create_model", "list_models", "__version__"]
+__all__ = [
+    "DMFormer", "create_model", "list_models", "__version__",
+    "load", "export", "export_checkpoint", "features", "read_metadata", "to_torch", "from_torch",
+]
