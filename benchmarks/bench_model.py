@@ -1,0 +1,421 @@
+"""DMFormer throughput: JAX vs PyTorch eager vs torch.compile, in one run.
+
+For each model: inference img/s and training-step img/s (forward, backward, AdamW
+update), compile time, peak memory, FLOPs per image (XLA cost analysis of the
+standard-conv model) and achieved GFLOP/s (MFU where the peak is known). Contenders
+are timed round-robin (interleaved) so a shared, noisy machine slows them alike;
+medians and min–max are reported, with JAX/PyTorch ratios.
+
+Usage (the table in docs/benchmarks.md)::
+
+    python benchmarks/bench_model.py --models dmformer_t,dmformer_s --batch 32 --res 224 \
+        --reps 5 --out benchmarks/results/cpu_b32_r224.json --docs docs/benchmarks.md
+
+    python benchmarks/bench_model.py --smoke          # tiny sizes, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+import dmformer_jax  # noqa: E402
+from dmformer_jax import bench  # noqa: E402
+from dmformer_jax.models import depthwise  # noqa: E402
+
+NUM_CLASSES = 1000
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="dmformer_t,dmformer_s")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--res", type=int, default=224)
+    p.add_argument("--reps", type=int, default=5, help="timed repetitions per contender")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--modes", default="infer,train")
+    p.add_argument("--impl", default="auto", help=f"JAX depth-wise impl: auto or {depthwise.available_impls()}")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--torch", default="eager,compile", help="PyTorch contenders: eager,compile or none")
+    p.add_argument("--torch-train", default=None, help="PyTorch contenders for training (default: as --torch)")
+    p.add_argument("--torch-threads", type=int, default=2)
+    p.add_argument("--out", default=None, help="JSON result path (default benchmarks/results/<tag>.json)")
+    p.add_argument("--docs", default=None, help="markdown file whose generated section is replaced")
+    p.add_argument("--smoke", action="store_true", help="dmformer_tiny_test, batch 2, 64 px, 1 rep")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.models, args.batch, args.res, args.reps, args.warmup = "dmformer_tiny_test", 2, 64, 1, 1
+    if args.res % 32:
+        p.error(f"--res must be divisible by 32, got {args.res}")
+    return args
+
+
+# ---------------------------------------------------------------- JAX contenders
+
+def jax_contenders(name, args, images, labels, modes=("infer", "train")):
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    model = dmformer_jax.create_model(name, NUM_CLASSES, depthwise_impl=args.impl, dtype=dtype)
+    variables = jax.tree.map(jnp.asarray, bench.random_variables(model, images.shape))
+    x, y = jnp.asarray(images), jnp.asarray(labels)
+    out = {}
+
+    infer = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    if "infer" not in modes:
+        return _jax_train(model, name, args, x, y, variables, dtype, out)
+    start = time.perf_counter()
+    infer_c = infer.lower(variables, x).compile()
+    out["infer_compile_s"] = time.perf_counter() - start
+    out["infer_memory"] = memory_analysis(infer_c)
+
+    def run_infer():
+        jax.block_until_ready(infer_c(variables, x))
+
+    ref_model = dmformer_jax.create_model(name, NUM_CLASSES, depthwise_impl="xla", dtype=dtype)
+    ref_infer = jax.jit(lambda v, x: ref_model.apply(v, x, train=False)).lower(variables, x)
+    out["infer_flops"] = flops_of(ref_infer)
+    return {"infer": run_infer}, out
+
+
+def _jax_train(model, name, args, x, y, variables, dtype, out):
+    tx = optax.adamw(1e-3, weight_decay=0.05)
+
+    def loss_fn(params, batch_stats, x, y, key):
+        logits, updates = model.apply(
+            {"params": params, "batch_stats": batch_stats}, x, train=True,
+            mutable=["batch_stats"], rngs={"drop_path": key},
+        )
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return loss, updates["batch_stats"]
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+    def train_step(params, batch_stats, opt_state, x, y, key):
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_stats, x, y, key)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), batch_stats, opt_state, loss
+
+    state = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    state["opt"] = tx.init(state["params"])
+    key = jax.random.key(0)
+    start = time.perf_counter()
+    train_c = train_step.lower(state["params"], state["batch_stats"], state["opt"], x, y, key).compile()
+    out["train_compile_s"] = time.perf_counter() - start
+    out["train_memory"] = memory_analysis(train_c)
+    counter = [0]
+
+    def run_train():
+        counter[0] += 1
+        p, b, o, loss = train_c(state["params"], state["batch_stats"], state["opt"], x, y, jax.random.fold_in(key, counter[0]))
+        jax.block_until_ready(loss)
+        state.update(params=p, batch_stats=b, opt=o)
+
+    # Model FLOPs: XLA's cost analysis of the lowered (unoptimised) HLO of the
+    # standard-conv model, so every depth-wise impl is credited the same useful work
+    # (the scan in shift_add_vjp would otherwise be counted once, not per row).
+    ref_model = dmformer_jax.create_model(name, NUM_CLASSES, depthwise_impl="xla", dtype=dtype)
+
+    def ref_loss(params, batch_stats, x, y):
+        logits, _ = ref_model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                                    mutable=["batch_stats"], rngs={"drop_path": key})
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    ref_train = jax.jit(jax.grad(ref_loss)).lower(variables["params"], variables["batch_stats"], x, y)
+    out["train_flops"] = flops_of(ref_train)
+    return {"train": run_train}, out
+
+
+def flops_of(lowered) -> float | None:
+    cost = lowered.cost_analysis()
+    if isinstance(cost, list):
+        cost = cost[0] if cost else {}
+    return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def memory_analysis(compiled) -> dict | None:
+    """XLA's buffer plan: arguments, outputs and temporaries (bytes)."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # not every backend implements it
+        return None
+    if m is None:
+        return None
+    fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes")
+    out = {f: int(getattr(m, f, 0)) for f in fields}
+    out["peak_estimate_bytes"] = (
+        out["argument_size_in_bytes"] + out["output_size_in_bytes"] + out["temp_size_in_bytes"] - out["alias_size_in_bytes"]
+    )
+    return out
+
+
+# ------------------------------------------------------------ PyTorch contenders
+
+def torch_contenders(name, args, images, labels, variables_np, kinds, modes=("infer", "train")):
+    import torch
+    import torch.nn.functional as F
+
+    from dmformer_jax.convert import flax_to_torch_state_dict
+    from dmformer_jax.torch_model import create_torch_model
+
+    torch.set_num_threads(args.torch_threads)
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    y = torch.from_numpy(labels.astype(np.int64))
+    autocast = args.dtype == "bfloat16"
+    runs, info = {}, {}
+
+    def fresh():
+        m = create_torch_model(name, NUM_CLASSES)
+        sd = flax_to_torch_state_dict(variables_np, like=m.state_dict())
+        m.load_state_dict({k: torch.tensor(v) for k, v in sd.items()})
+        return m
+
+    for kind in kinds:
+        eval_model = fresh().eval() if "infer" in modes else None
+        train_model = fresh().train() if "train" in modes else None
+        opt = torch.optim.AdamW(train_model.parameters(), lr=1e-3, weight_decay=0.05) if train_model else None
+        if kind == "compile":
+            eval_fn = torch.compile(eval_model) if eval_model else None
+            train_fn = torch.compile(train_model) if train_model else None
+        else:
+            eval_fn, train_fn = eval_model, train_model
+
+        def run_infer(fn=eval_fn):
+            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+                fn(x)
+
+        def run_train(fn=train_fn, opt=opt):
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+                loss = F.cross_entropy(fn(x), y)
+            loss.backward()
+            opt.step()
+
+        # First calls: compile (torch.compile) or allocator warm-up (eager).
+        for mode, fn in (("infer", run_infer), ("train", run_train)):
+            if mode in modes:
+                start = time.perf_counter()
+                fn()
+                info[f"{kind}_{mode}_first_call_s"] = time.perf_counter() - start
+        runs[f"torch_{kind}"] = {"infer": run_infer, "train": run_train}
+    return runs, info
+
+
+# ---------------------------------------------------------------------- report
+
+def fmt_rate(stats: dict) -> str:
+    return f"{stats['img_per_s_median']:.1f} ({stats['img_per_s_min']:.1f}–{stats['img_per_s_max']:.1f})"
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [
+        f"Run {result['date']}: batch {result['batch']}, {result['res']}×{result['res']}, "
+        f"{result['dtype']}, JAX depth-wise impl `{result['impl']}`, {result['reps']} interleaved repetitions "
+        "(median, min–max img/s).",
+        "",
+        f"Machine: {m['cpu_model']}, {m['cpu_count']} cores, {m['platform']}; JAX {m['jax']} "
+        f"(backend {m['jax_backend']}, XLA threads: default, XLA_FLAGS='{m['xla_flags']}'), "
+        f"Flax {m['flax']}, PyTorch {m.get('torch', '-')} ({m.get('torch_threads', '-')} threads).",
+        "",
+        "| model | mode | JAX | PyTorch eager | torch.compile | JAX/eager | JAX/compile | JAX GFLOP/s | MFU |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in result["models"].items():
+        for mode in ("infer", "train"):
+            if mode not in r["timings"].get("jax", {}):
+                continue
+            t = r["timings"]
+            cells = [name, "inference" if mode == "infer" else "train step"]
+            cells.append(fmt_rate(t["jax"][mode]))
+            for kind in ("torch_eager", "torch_compile"):
+                cells.append(fmt_rate(t[kind][mode]) if kind in t else "—")
+            for kind in ("torch_eager", "torch_compile"):
+                ratio = r.get("ratios", {}).get(f"{mode}_jax_over_{kind}")
+                cells.append(f"{ratio:.2f}×" if ratio else "—")
+            gf = r.get(f"{mode}_gflops_per_s")
+            cells.append(f"{gf:.1f}" if gf else "—")
+            mfu = r.get(f"{mode}_mfu")
+            cells.append(f"{100 * mfu:.1f}%" if mfu else "n/a")
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| model | FLOPs/img fwd | FLOPs/img train | JAX compile infer / train (s) | torch.compile first call infer / train (s) | JAX peak (XLA plan) infer / train | RSS growth JAX / eager / compile (train) |", "|---|---|---|---|---|---|---|"]
+    for name, r in result["models"].items():
+        j = r["jax_info"]
+        ti = r.get("torch_info", {})
+        mem = lambda d: f"{d['peak_estimate_bytes'] / 2**20:.0f} MiB" if d else "n/a"  # noqa: E731
+        rss = r.get("rss_train_bytes", {})
+        rss_s = " / ".join(f"{rss[k] / 2**20:.0f} MiB" if k in rss else "—" for k in ("jax", "torch_eager", "torch_compile"))
+        g = lambda key, scale=1.0: f"{j[key] / scale:.2f}" if j.get(key) else "—"  # noqa: E731
+        lines.append(
+            f"| {name} | {g('infer_flops', result['batch'] * 1e9)} G | {g('train_flops', result['batch'] * 1e9)} G | "
+            f"{g('infer_compile_s')} / {g('train_compile_s')} | "
+            f"{ti.get('compile_infer_first_call_s', float('nan')):.1f} / {ti.get('compile_train_first_call_s', float('nan')):.1f} | "
+            f"{mem(j.get('infer_memory'))} / {mem(j.get('train_memory'))} | {rss_s} |"
+        )
+    return "\n".join(lines)
+
+
+def update_docs(path: Path, tag: str, body: str) -> None:
+    """Replaces the section between ``<!-- bench:TAG:start -->`` and ``:end`` (or appends it)."""
+    start, end = f"<!-- bench:{tag}:start -->", f"<!-- bench:{tag}:end -->"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{start}\n{body}\n{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def _worker(conn, kind, name, args, images, labels, variables_np, mode):
+    """One contender in its own process: builds it, then runs one step per 'run'.
+
+    Separate processes keep XLA's and PyTorch's thread pools from competing for the
+    cores (in one process, XLA's idle-spinning workers slowed PyTorch several-fold),
+    while the parent still interleaves the contenders step by step.
+    """
+    try:
+        if kind == "jax":
+            runs, info = jax_contenders(name, args, images, labels, modes=(mode,))
+            fn = runs[mode]
+        else:
+            runs, info = torch_contenders(name, args, images, labels, variables_np, [kind], modes=(mode,))
+            fn = runs[f"torch_{kind}"][mode]
+        conn.send(("ready", info))
+        while True:
+            cmd = conn.recv()
+            if cmd == "run":
+                start = time.perf_counter()
+                fn()
+                conn.send(time.perf_counter() - start)
+            elif cmd == "rss":
+                with bench.RssPeak() as peak:
+                    fn()
+                conn.send(peak.delta)
+            else:
+                break
+    except Exception as e:  # report instead of hanging the parent
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+
+
+def run_phase(name, args, images, labels, variables_np, mode, kinds):
+    """Starts one worker per contender (one after another, so compiles do not overlap),
+    then times them round-robin. Returns ``(stats, infos, rss)``."""
+    ctx = mp.get_context("spawn")
+    workers = {}
+    infos = {}
+    try:
+        for kind in ["jax", *kinds]:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(child, kind, name, args, images, labels, variables_np, mode))
+            proc.start()
+            status, info = parent.recv()
+            if status == "error":
+                raise RuntimeError(f"{kind} {mode} worker failed: {info}")
+            key = "jax" if kind == "jax" else f"torch_{kind}"
+            workers[key] = (proc, parent)
+            infos[key] = info
+            print(f"  [{mode}] {key} ready: {info}", flush=True)
+
+        def caller(conn):
+            def call():
+                conn.send("run")
+                reply = conn.recv()
+                if isinstance(reply, tuple):
+                    raise RuntimeError(f"worker failed: {reply[1]}")
+                return reply
+            return call
+
+        times = {k: [] for k in workers}
+        for _ in range(args.warmup):
+            for k, (_, conn) in workers.items():
+                caller(conn)()
+        for _ in range(args.reps):
+            for k, (_, conn) in workers.items():
+                times[k].append(caller(conn)())
+        rss = {}
+        if jax.default_backend() == "cpu":
+            for k, (_, conn) in workers.items():
+                conn.send("rss")
+                rss[k] = conn.recv()
+        return {k: bench.Stats(t) for k, t in times.items()}, infos, rss
+    finally:
+        for proc, conn in workers.values():
+            try:
+                conn.send("stop")
+            except (BrokenPipeError, OSError):
+                pass
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.terminate()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    modes = [m for m in args.modes.split(",") if m]
+    kinds = [k for k in args.torch.split(",") if k and k != "none"]
+    tag = f"{jax.default_backend()}_b{args.batch}_r{args.res}_{args.dtype}" + ("_smoke" if args.smoke else "")
+    out_path = Path(args.out or Path(__file__).parent / "results" / f"{tag}.json")
+    extra = {}
+    if kinds:
+        import torch
+
+        extra = {"torch": torch.__version__, "torch_threads": args.torch_threads}
+    result = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "batch": args.batch, "res": args.res, "dtype": args.dtype, "reps": args.reps,
+        "impl": depthwise.resolve_impl(args.impl), "machine": bench.machine_info(extra), "models": {},
+    }
+    rng = np.random.RandomState(0)
+    for name in args.models.split(","):
+        print(f"== {name}", flush=True)
+        images = rng.randn(args.batch, args.res, args.res, 3).astype(np.float32)
+        labels = rng.randint(0, NUM_CLASSES, args.batch).astype(np.int32)
+        model = dmformer_jax.create_model(name, NUM_CLASSES)
+        variables_np = bench.random_variables(model, images.shape)
+        entry = {"jax_info": {}, "torch_info": {}, "timings": {}, "ratios": {}, "rss_bytes": {}}
+        for mode in modes:
+            mode_kinds = kinds
+            if mode == "train" and args.torch_train is not None:
+                mode_kinds = [k for k in args.torch_train.split(",") if k and k != "none"]
+            stats, infos, rss = run_phase(name, args, images, labels, variables_np, mode, mode_kinds)
+            entry["jax_info"].update(infos.pop("jax"))
+            for info in infos.values():
+                entry["torch_info"].update(info)
+            entry["rss_bytes"][mode] = rss
+            for k, st in stats.items():
+                entry["timings"].setdefault(k, {})[mode] = st.as_dict(args.batch)
+                print(f"  {mode:5s} {k:14s} {fmt_rate(entry['timings'][k][mode])} img/s", flush=True)
+                if k != "jax":
+                    entry["ratios"][f"{mode}_jax_over_{k}"] = st.median / stats["jax"].median
+            flops = entry["jax_info"].get(f"{mode}_flops")
+            if flops:
+                entry[f"{mode}_gflops_per_s"] = flops / stats["jax"].median / 1e9
+                peak = bench.peak_tflops(jax.devices()[0].device_kind)
+                entry[f"{mode}_mfu"] = flops / stats["jax"].median / (peak * 1e12) if peak else None
+        entry["rss_train_bytes"] = entry["rss_bytes"].get("train", {})
+        print("  ratios (JAX speed / PyTorch speed):", {k: round(v, 3) for k, v in entry["ratios"].items()}, flush=True)
+        result["models"][name] = entry
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(result, indent=1))  # partial results survive a later failure
+    print(f"wrote {out_path}")
+    table = markdown(result)
+    print(table)
+    if args.docs:
+        update_docs(Path(args.docs), tag, table)
+        print(f"updated {args.docs} (section bench:{tag})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Timing helpers shared by the benchmark scripts (no torch import here).
+
+`time_interleaved` runs several contenders in round-robin order so that a noisy,
+shared machine slows them alike; `Stats` keeps median and min–max;
+`machine_info` describes the host for the result files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import statistics
+import threading
+import time
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+# Peak dense bf16 FLOP/s by accelerator (performance.md); MFU is reported only here.
+PEAK_BF16_TFLOPS = {
+    "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v6e": 918.0,
+    "TPU v6 lite": 918.0, "A100": 312.0, "H100": 989.0, "H200": 989.0,
+}
+
+
+@dataclasses.dataclass
+class Stats:
+    """Seconds per call over repetitions: median and spread."""
+
+    times: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def low(self) -> float:
+        return min(self.times)
+
+    @property
+    def high(self) -> float:
+        return max(self.times)
+
+    def as_dict(self, items_per_call: int | None = None) -> dict[str, Any]:
+        out = {"median_s": self.median, "min_s": self.low, "max_s": self.high, "times_s": self.times}
+        if items_per_call:
+            out.update(
+                img_per_s_median=items_per_call / self.median,
+                img_per_s_min=items_per_call / self.high,
+                img_per_s_max=items_per_call / self.low,
+            )
+        return out
+
+
+def time_interleaved(
+    contenders: Mapping[str, Callable[[], Any]], repetitions: int, warmup: int = 1
+) -> dict[str, Stats]:
+    """Times each zero-argument callable ``repetitions`` times, round-robin.
+
+    Each callable must block until its work is done (``jax.block_until_ready``).
+    """
+    for fn in contenders.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repetitions):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: Stats(t) for name, t in times.items()}
+
+
+class RssPeak:
+    """Samples this process's resident set size in a thread; ``peak - base`` in bytes.
+
+    A CPU stand-in for a peak-memory counter: it sees every allocator (XLA's, torch's),
+    so run it around one contender at a time.
+    """
+
+    def __init__(self, interval_s: float = 0.005):
+        self.interval_s = interval_s
+        self.base = self.peak = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss())
+            time.sleep(self.interval_s)
+
+    def __enter__(self) -> "RssPeak":
+        self.base = self.peak = self.rss()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.rss())
+
+    @property
+    def delta(self) -> int:
+        return self.peak - self.base
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Host description and library versions for result files."""
+    import flax
+    import jax
+    import jaxlib
+    import optax
+
+    info = {
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "jax_backend": jax.default_backend(),
+        "jax_devices": [d.device_kind for d in jax.devices()],
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "numpy": np.__version__,
+    }
+    if extra:
+        info.update(extra)
+    return info
+
+
+def peak_tflops(device_kind: str) -> float | None:
+    """Known peak bf16 TFLOP/s for a JAX ``device_kind`` (None if unknown, e.g. CPUs)."""
+    for name, peak in PEAK_BF16_TFLOPS.items():
+        if name.lower() in device_kind.lower():
+            return peak
+    return None
+
+
+def random_variables(model, image_shape: tuple[int, ...], seed: int = 0) -> dict[str, Any]:
+    """Variables for ``model`` with random values, built from ``jax.eval_shape``.
+
+    Avoids compiling ``model.init`` (slow on CPU) and gives non-trivial activations:
+    kernels N(0, 1/fan_in), layer scales U(0.5, 1.5), BN stats random. Returns a
+    nested dict of float32 NumPy arrays.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.RandomState(seed)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(image_shape, jnp.float32))
+
+    def fill(path, leaf):
+        name, shape = getattr(path[-1], "key", ""), leaf.shape
+        if name == "kernel":
+            return (rng.randn(*shape) / np.sqrt(np.prod(shape[:-1]))).astype(np.float32)
+        if name == "gamma":
+            return rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        if name == "var":
+            return rng.uniform(0.5, 2.0, shape).astype(np.float32)
+        base = 1.0 if name == "scale" else 0.0
+        return (base + 0.1 * rng.randn(*shape)).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
