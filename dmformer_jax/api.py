@@ -123,8 +123,11 @@ def _locate(path: str, step: int | None) -> _Source:
     """Works out what ``path`` is; raises `CheckpointError` naming what was expected."""
     from etils import epath
 
+    path = os.fspath(path)
+    if "://" not in path:
+        path = os.path.abspath(path)  # Orbax reads no metadata from relative paths
     p = epath.Path(path)
-    if str(path).endswith(".safetensors"):
+    if path.endswith(".safetensors"):
         if not p.exists():
             raise CheckpointError(f"{path} does not exist; pass an exported .safetensors file")
         return _Source("safetensors", os.fspath(p))
@@ -426,7 +429,7 @@ def to_torch(model: DMFormer, variables: Mapping[str, Any]):
     arch = {k: v for k, v in architecture_of(model).items() if k not in _JAX_ONLY_FIELDS}
     net = DMFormerTorch(**arch)
     state = flax_to_torch_state_dict(jax.device_get(dict(variables)), like=net.state_dict())
-    net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+    net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=True)
     return net.eval()
 
 
