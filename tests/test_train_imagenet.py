@@ -19,6 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_imagenet_recipe_trains_and_evaluates(tmp_path):
     written = write_tiny_ilsvrc(tmp_path / "manual", images_per_class=3, val_images=4, size=40)
     workdir = tmp_path / "run"
+    (tmp_path / "tfds").mkdir()
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO,
                XLA_FLAGS="--xla_force_host_platform_device_count=8")
     cmd = [

@@ -376,7 +376,7 @@ def _train(config, workdir, data, info, s: _Setup, mngr, state_sharding, total) 
 
             preempted = sigterm.preempted(step)
             final = step == stop_at
-            if preempted or final or mngr.should_save(step):
+            if preempted or final or step % config.checkpoint_every_steps == 0:
                 check_pending()  # never write a NaN state
                 ckpt.save(mngr, step, state, meta(step), force=True)
             if preempted:
