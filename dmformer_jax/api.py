@@ -305,7 +305,8 @@ def load(
         from dmformer_jax.models.init import init_variables
 
         side = int(meta["image_size"]) // 32 * 32 or 32
-        fresh = init_variables(model, jax.random.key(seed), (1, side, side, 3), out_shardings=sharding)
+        # Same compiled init as a caller's init_variables(model, key, (1, S, S, 3)) (cached).
+        fresh = jax.device_put(init_variables(model, jax.random.key(seed), (1, side, side, 3)), sharding)
         variables, _ = merge_pretrained(fresh, variables, reset_head=reset_head)
     return model, {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 

@@ -152,7 +152,10 @@ def init_state_from_pretrained(config, state: Any, log=print) -> Any:
     from dmformer_jax import api
 
     sharding = jax.tree.leaves(state.params)[0].sharding
-    _, pretrained = api.load(str(config.init_from), sharding=sharding)
+    try:
+        _, pretrained = api.load(str(config.init_from), sharding=sharding)
+    except CheckpointError as e:
+        raise CheckpointError(f"--config.init_from={config.init_from}: {e}") from None
     variables, report = merge_pretrained(
         {"params": state.params, "batch_stats": state.batch_stats},
         pretrained,
