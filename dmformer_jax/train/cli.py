@@ -52,6 +52,36 @@ def _unknown_key_message(exc: BaseException, argv: Sequence[str]) -> str:
     return f"unknown config key {key!r} (--config.{key}=...); {fix}"
 
 
+def _config_file(argv: Sequence[str]) -> str | None:
+    """The ``--config`` file named in ``argv`` (without a ``:arg`` suffix), if any."""
+    for i, a in enumerate(argv):
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1].split(":", 1)[0]
+        if a.startswith("--config="):
+            return a.split("=", 1)[1].split(":", 1)[0]
+    return None
+
+
+def _bad_value_message(text: str, argv: Sequence[str]) -> str:
+    """``--config.K=V is not a valid T (why); pass a T, e.g. --config.K=<default>``."""
+    m = re.match(r"flag --config\.([\w.]+)=(.*?): (.*)", text)
+    if not m:
+        return text
+    key, value, why = m.groups()
+    try:  # the recipe's own value of the field shows its type and a valid example
+        rest = [a for a in argv if not a.startswith(f"--config.{key}=")]
+        example = parse_args([*rest, "--workdir=unused"]).config
+        for part in key.split("."):
+            example = example[part]
+    except (ConfigError, KeyError, TypeError):
+        example = None
+    if example is None:
+        return f"--config.{key}={value} is not valid ({why}); see configs/common.py for the field's type"
+    kind = type(example).__name__
+    article = "an" if kind[0] in "aeiou" else "a"
+    return f"--config.{key}={value} is not a valid {kind} ({why}); pass {article} {kind}, e.g. --config.{key}={example}"
+
+
 def parse_args(argv: Sequence[str], *, config_required: bool = True) -> Args:
     """Parses ``--config FILE [--config.key=value ...] --workdir DIR [--eval_only] [--step N]``.
 
@@ -66,6 +96,11 @@ def parse_args(argv: Sequence[str], *, config_required: bool = True) -> Args:
     flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, TensorBoard.", flag_values=fv)
     flags.DEFINE_bool("eval_only", False, "Evaluate the newest (or --step) checkpoint and exit.", flag_values=fv)
     flags.DEFINE_integer("step", None, "Checkpoint step for --eval_only (default: newest).", flag_values=fv)
+    path = _config_file(argv)
+    if path is not None and "://" not in path and not os.path.isfile(path):
+        raise ConfigError(
+            f"cannot load the config file {path!r}: it does not exist; pass e.g. --config configs/digits.py"
+        )
     try:
         rest = fv(list(argv))
         if len(rest) > 1:
@@ -78,7 +113,7 @@ def parse_args(argv: Sequence[str], *, config_required: bool = True) -> Args:
         if config is not None:
             config.keys()  # a failed load is deferred until first use: surface it here
     except flags.Error as e:
-        raise ConfigError(_one_line(e)) from None
+        raise ConfigError(_bad_value_message(_one_line(e), argv)) from None
     except (AttributeError, KeyError) as e:
         raise ConfigError(_unknown_key_message(e, argv)) from None
     except OSError as e:

@@ -259,6 +259,9 @@ def train_and_evaluate(
     total = s.plan.total_steps
     state_sharding = _state_sharding(s.abstract_state)
 
+    # Restore (or initialise) before the manager exists: every checkpoint or init_from
+    # error is raised before anything in the workdir is created or changed.
+    state, start = _restore_or_init(config, workdir, s)
     mngr = ckpt.make_manager(
         workdir,
         max_to_keep=int(config.keep_checkpoints),
@@ -266,27 +269,33 @@ def train_and_evaluate(
         async_checkpointing=bool(config.async_checkpointing),
     )
     try:
-        return _train(config, workdir, data, info, s, mngr, state_sharding, total)
+        return _train(config, workdir, data, info, s, mngr, state_sharding, total, state, start)
     finally:
         mngr.wait_until_finished()
         mngr.close()
 
 
-def _train(config, workdir, data, info, s: _Setup, mngr, state_sharding, total) -> RunResult:
-    restored = ckpt.restore_latest(mngr, s.abstract_state)
+def _restore_or_init(config, workdir: str, s: _Setup) -> tuple[Any, int]:
+    """``(state, start_step)``: the newest readable checkpoint, else a fresh (or
+    ``init_from``) state. Unreadable newer checkpoints are skipped with a warning."""
+    model_meta = checkpoint_meta(config, s.num_classes, 0)["model"]
+    restored = ckpt.restore_latest(workdir, s.abstract_state, model=model_meta, log=log)
     if restored is not None:
         state, _, start = restored
         log(f"resuming from checkpoint step {start} in {ckpt.checkpoint_dir(workdir)}")
-    else:
-        state = state_lib.create_train_state(
-            s.model, s.tx, image_size=int(config.data.image_size), seed=int(config.seed),
-            use_ema=config.optim.ema_decay is not None, mesh=s.mesh,
-        )
-        start = 0
-        if config.get("init_from"):  # fine-tuning: pretrained weights, fresh optimizer
-            from dmformer_jax.finetune import init_state_from_pretrained
+        return state, start
+    state = state_lib.create_train_state(
+        s.model, s.tx, image_size=int(config.data.image_size), seed=int(config.seed),
+        use_ema=config.optim.ema_decay is not None, mesh=s.mesh,
+    )
+    if config.get("init_from"):  # fine-tuning: pretrained weights, fresh optimizer
+        from dmformer_jax.finetune import init_state_from_pretrained
 
-            state = init_state_from_pretrained(config, state, log=log)
+        state = init_state_from_pretrained(config, state, log=log)
+    return state, 0
+
+
+def _train(config, workdir, data, info, s: _Setup, mngr, state_sharding, total, state, start) -> RunResult:
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
     log(
         f"{config.model.name} ({num_params:,} params, {config.model.dtype}) on {info.name}: "
@@ -326,6 +335,9 @@ def _train(config, workdir, data, info, s: _Setup, mngr, state_sharding, total) 
         config, start_step=start, process_index=jax.process_index(), process_count=jax.process_count()
     )
     pending: list[tuple[int, dict]] = []  # device metrics since the last check
+    # Undecodable images are dropped by the input pipeline; say how many at log steps.
+    data_decode_errors = getattr(data, "decode_error_count", lambda: 0)
+    reported_decode_errors = 0
     last_good = start  # newest step whose loss was checked finite
     t_last, step_last = time.time(), start
 
@@ -371,6 +383,10 @@ def _train(config, workdir, data, info, s: _Setup, mngr, state_sharding, total) 
                 img_s = (step - step_last) * config.batch_size / dt if step > step_last else 0.0
                 eta = (total - step) * dt / max(step - step_last, 1)
                 log(progress_line(step, total, mean, img_s, eta))
+                decode_errors = data_decode_errors()
+                if decode_errors > reported_decode_errors:
+                    reported_decode_errors = decode_errors
+                    log(f"skipped {decode_errors} undecodable image(s) so far (counted, not fatal)")
                 writer.write(step, "train", {**mean, "img_per_sec": img_s})
                 t_last, step_last = now, step
 
@@ -421,7 +437,7 @@ def evaluate_checkpoint(
             f"{info.num_classes}; evaluate on the dataset it was trained on"
         )
     s = _setup(config, info.num_classes, info.num_train_examples)
-    mngr = ckpt.make_manager(workdir, create=False, async_checkpointing=False)
+    mngr = ckpt.make_manager(workdir, read_only=True, async_checkpointing=False)
     try:
         state, _ = ckpt.restore(mngr, step, s.abstract_state)
     finally:
