@@ -130,7 +130,7 @@ def test_export_round_trip(pretrained, loaded, tmp_path, name):
 
 
 def test_safetensors_export_loads_into_pytorch(loaded, logits, images, tmp_path):
-    torch = pytest.importorskip("torch")
+    import torch
     from safetensors.torch import load_file
 
     from dmformer_jax.torch_model import create_torch_model
@@ -147,7 +147,7 @@ def test_safetensors_export_loads_into_pytorch(loaded, logits, images, tmp_path)
 
 
 def test_pytorch_interop_both_ways(loaded, logits, images):
-    torch = pytest.importorskip("torch")
+    import torch
     model, variables = loaded
     net = dmformer_jax.to_torch(model, variables)
     with torch.no_grad():

@@ -49,7 +49,7 @@ def test_round_trip_is_exact(tiny):
 
 
 def test_matches_the_torch_model_keys(tiny):
-    torch_model_mod = pytest.importorskip("dmformer_jax.torch_model")
+    import dmformer_jax.torch_model as torch_model_mod
     _, v = tiny
     tm = torch_model_mod.create_torch_model("dmformer_tiny_test", num_classes=5)
     sd = flax_to_torch_state_dict(v, like=tm.state_dict())

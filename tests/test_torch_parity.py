@@ -5,38 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402  (a test dependency: a missing torch must fail, not skip)
 
 import dmformer_jax  # noqa: E402
+from dmformer_jax.bench import random_variables  # noqa: E402
 from dmformer_jax.convert import flax_to_torch_state_dict  # noqa: E402
 from dmformer_jax.models import depthwise  # noqa: E402
 from dmformer_jax.torch_model import create_torch_model  # noqa: E402
-
-
-def random_variables(model, x, seed=0):
-    """Variables of ``model`` filled with random values, without compiling ``model.init``.
-
-    ``model.init`` compiles slowly on CPU (tens of seconds, the truncated-normal
-    initialisers), and its values would make a weak test anyway: layer scales of
-    1e-5 make every block nearly the identity, and BN stats are 0/1. Here kernels
-    are N(0, 1/fan_in), layer scales O(1) and BN stats random, so every module
-    matters for the logits.
-    """
-    rng = np.random.RandomState(seed)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.asarray(x))
-
-    def fill(path, leaf):
-        name, shape = getattr(path[-1], "key", ""), leaf.shape
-        if name == "kernel":
-            return (rng.randn(*shape) / np.sqrt(np.prod(shape[:-1]))).astype(np.float32)
-        if name == "gamma":
-            return rng.uniform(0.5, 1.5, shape).astype(np.float32)
-        if name == "var":
-            return rng.uniform(0.5, 2.0, shape).astype(np.float32)
-        base = 1.0 if name == "scale" else 0.0
-        return (base + 0.1 * rng.randn(*shape)).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +19,7 @@ def peers():
     name, classes = "dmformer_t", 10
     x = np.random.RandomState(1).randn(2, 64, 64, 3).astype(np.float32)
     model = dmformer_jax.create_model(name, num_classes=classes)
-    variables = random_variables(model, x)
+    variables = random_variables(model, x.shape)
     torch_model = create_torch_model(name, num_classes=classes).eval()
     state = flax_to_torch_state_dict(variables, like=torch_model.state_dict())
     torch_model.load_state_dict({k: torch.tensor(v) for k, v in state.items()}, strict=True)

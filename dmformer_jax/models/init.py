@@ -16,7 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-_FAST_COMPILE_CPU = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+# Public: the trainer compiles its whole initial TrainState with the same options.
+FAST_COMPILE_CPU = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 @functools.lru_cache(maxsize=16)
@@ -24,7 +25,7 @@ def _jitted_init(model: nn.Module, input_shape: tuple[int, ...], out_shardings: 
     def init(rng):
         return model.init(rng, jnp.zeros(input_shape, jnp.float32))
 
-    options = _FAST_COMPILE_CPU if backend == "cpu" else None
+    options = dict(FAST_COMPILE_CPU) if backend == "cpu" else None
     return jax.jit(init, out_shardings=out_shardings, compiler_options=options)
 
 
@@ -49,3 +50,8 @@ def init_variables(
     """
     init = _jitted_init(model, tuple(int(d) for d in input_shape), out_shardings, jax.default_backend())
     return init(key)
+
+
+def fast_compile_options() -> dict[str, Any] | None:
+    """Compiler options for run-once programs (init) on this backend, or None."""
+    return dict(FAST_COMPILE_CPU) if jax.default_backend() == "cpu" else None

@@ -14,9 +14,9 @@ from jax.sharding import Mesh
 
 from dmformer_jax.errors import ConfigError
 from dmformer_jax.models import create_model, get_variant
+from dmformer_jax.models.init import fast_compile_options
 from dmformer_jax.train import mesh as mesh_lib
 
-CPU_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -124,8 +124,7 @@ def create_train_state(
     # Init runs once, so optimising it is wasted work: on XLA's CPU backend the ~40
     # truncated-normal (threefry) initialisers took ~100 s to compile at the default
     # level and ~20 s without backend optimisation (measured, dmformer_tiny_test).
-    options = CPU_INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
-    return lowered.compile(compiler_options=options)()
+    return lowered.compile(compiler_options=fast_compile_options())()
 
 
 def abstract_train_state(
