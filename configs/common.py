@@ -45,7 +45,6 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.data.mean = IMAGENET_MEAN
     config.data.std = IMAGENET_STD
     config.data.shuffle_buffer = 16_384
-    config.data.prefetch_to_device = 2
     # Independent deterministic input streams (None: one per process). The global batch
     # depends only on this, not on the process count; must divide by process_count.
     config.data.num_shards = ml_collections.FieldReference(None, field_type=int)
