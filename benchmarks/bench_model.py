@@ -21,6 +21,7 @@ import functools
 import json
 import multiprocessing as mp
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -34,7 +35,8 @@ import optax  # noqa: E402
 
 import dmformer_jax  # noqa: E402
 from dmformer_jax import bench  # noqa: E402
-from dmformer_jax.models import depthwise  # noqa: E402
+from dmformer_jax.host_memory import keep_freed_host_memory  # noqa: E402
+from dmformer_jax.models import dense_conv, depthwise  # noqa: E402
 
 NUM_CLASSES = 1000
 
@@ -48,10 +50,16 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--modes", default="infer,train")
     p.add_argument("--impl", default="auto", help=f"JAX depth-wise impl: auto or {depthwise.available_impls()}")
+    p.add_argument("--conv-impl", default="auto", help=f"JAX dense-conv impl: auto or {dense_conv.available_impls()}")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--torch", default="eager,compile", help="PyTorch contenders: eager,compile or none")
     p.add_argument("--torch-train", default=None, help="PyTorch contenders for training (default: as --torch)")
     p.add_argument("--torch-threads", type=int, default=2)
+    p.add_argument("--keep-host-memory", type=int, default=1, choices=[0, 1],
+                   help="1: every worker keeps freed host memory mapped (dmformer_jax/host_memory.py), "
+                        "as train.py does on CPU")
+    p.add_argument("--schedule", default="interleaved", choices=["interleaved", "sequential"],
+                   help="all contenders alive and timed round-robin, or one alive at a time")
     p.add_argument("--out", default=None, help="JSON result path (default benchmarks/results/<tag>.json)")
     p.add_argument("--docs", default=None, help="markdown file whose generated section is replaced")
     p.add_argument("--smoke", action="store_true", help="dmformer_tiny_test, batch 2, 64 px, 1 rep")
@@ -67,7 +75,9 @@ def parse_args(argv=None):
 
 def jax_contenders(name, args, images, labels, modes=("infer", "train")):
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    model = dmformer_jax.create_model(name, NUM_CLASSES, depthwise_impl=args.impl, dtype=dtype)
+    model = dmformer_jax.create_model(
+        name, NUM_CLASSES, depthwise_impl=args.impl, conv_impl=args.conv_impl, dtype=dtype
+    )
     variables = jax.tree.map(jnp.asarray, bench.random_variables(model, images.shape))
     x, y = jnp.asarray(images), jnp.asarray(labels)
     out = {}
@@ -83,7 +93,7 @@ def jax_contenders(name, args, images, labels, modes=("infer", "train")):
     def run_infer():
         jax.block_until_ready(infer_c(variables, x))
 
-    ref_model = dmformer_jax.create_model(name, NUM_CLASSES, depthwise_impl="xla", dtype=dtype)
+    ref_model = dmformer_jax.create_model(name, NUM_CLASSES, depthwise_impl="xla", conv_impl="xla", dtype=dtype)
     ref_infer = jax.jit(lambda v, x: ref_model.apply(v, x, train=False)).lower(variables, x)
     out["infer_flops"] = flops_of(ref_infer)
     return {"infer": run_infer}, out
@@ -124,7 +134,7 @@ def _jax_train(model, name, args, x, y, variables, dtype, out):
     # Model FLOPs: XLA's cost analysis of the lowered (unoptimised) HLO of the
     # standard-conv model, so every depth-wise impl is credited the same useful work
     # (the scan in shift_add_vjp would otherwise be counted once, not per row).
-    ref_model = dmformer_jax.create_model(name, NUM_CLASSES, depthwise_impl="xla", dtype=dtype)
+    ref_model = dmformer_jax.create_model(name, NUM_CLASSES, depthwise_impl="xla", conv_impl="xla", dtype=dtype)
 
     def ref_loss(params, batch_stats, x, y):
         logits, _ = ref_model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
@@ -221,11 +231,15 @@ def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [
         f"Run {result['date']}: batch {result['batch']}, {result['res']}×{result['res']}, "
-        f"{result['dtype']}, JAX depth-wise impl `{result['impl']}`, {result['reps']} interleaved repetitions "
+        f"{result['dtype']}, JAX depth-wise impl `{result['impl']}`, dense-conv impl "
+        f"`{result.get('conv_impl', 'xla')}`, {result['reps']} repetitions, schedule "
+        f"`{result.get('schedule', 'interleaved')}`, keep host memory "
+        f"`{result.get('keep_host_memory', False)}` "
         "(median, min–max img/s).",
         "",
         f"Machine: {m['cpu_model']}, {m['cpu_count']} cores, {m['platform']}; JAX {m['jax']} "
         f"(backend {m['jax_backend']}, XLA threads: default, XLA_FLAGS='{m['xla_flags']}'), "
+        f"GLIBC_TUNABLES='{m.get('glibc_tunables', '')}' (all contenders), "
         f"Flax {m['flax']}, PyTorch {m.get('torch', '-')} ({m.get('torch_threads', '-')} threads).",
         "",
         "| model | mode | JAX | PyTorch eager | torch.compile | JAX/eager | JAX/compile | JAX GFLOP/s | MFU |",
@@ -248,13 +262,16 @@ def markdown(result: dict) -> str:
             mfu = r.get(f"{mode}_mfu")
             cells.append(f"{100 * mfu:.1f}%" if mfu else "n/a")
             lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "| model | FLOPs/img fwd | FLOPs/img train | JAX compile infer / train (s) | torch.compile first call infer / train (s) | JAX peak (XLA plan) infer / train | RSS growth JAX / eager / compile (train) |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "| model | FLOPs/img fwd | FLOPs/img train | JAX compile infer / train (s) | torch.compile first call infer / train (s) | JAX peak (XLA plan) infer / train | train step RSS growth, minor page faults: JAX / eager / compile |", "|---|---|---|---|---|---|---|"]
     for name, r in result["models"].items():
         j = r["jax_info"]
         ti = r.get("torch_info", {})
         mem = lambda d: f"{d['peak_estimate_bytes'] / 2**20:.0f} MiB" if d else "n/a"  # noqa: E731
         rss = r.get("rss_train_bytes", {})
-        rss_s = " / ".join(f"{rss[k] / 2**20:.0f} MiB" if k in rss else "—" for k in ("jax", "torch_eager", "torch_compile"))
+        rss_s = " / ".join(
+            f"{rss[k] / 2**20:.0f} MiB, {rss.get(f'{k}_minor_faults', 0) / 1e6:.2f}M faults" if k in rss else "—"
+            for k in ("jax", "torch_eager", "torch_compile")
+        )
         g = lambda key, scale=1.0: f"{j[key] / scale:.2f}" if j.get(key) else "—"  # noqa: E731
         lines.append(
             f"| {name} | {g('infer_flops', result['batch'] * 1e9)} G | {g('train_flops', result['batch'] * 1e9)} G | "
@@ -285,6 +302,8 @@ def _worker(conn, kind, name, args, images, labels, variables_np, mode):
     while the parent still interleaves the contenders step by step.
     """
     try:
+        if args.keep_host_memory:
+            keep_freed_host_memory()  # every contender alike (PyTorch's allocator as well)
         if kind == "jax":
             runs, info = jax_contenders(name, args, images, labels, modes=(mode,))
             fn = runs[mode]
@@ -298,10 +317,11 @@ def _worker(conn, kind, name, args, images, labels, variables_np, mode):
                 start = time.perf_counter()
                 fn()
                 conn.send(time.perf_counter() - start)
-            elif cmd == "rss":
+            elif cmd == "rss":  # one more step: resident-set growth and minor page faults
+                faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 with bench.RssPeak() as peak:
                     fn()
-                conn.send(peak.delta)
+                conn.send((peak.delta, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
             else:
                 break
     except Exception as e:  # report instead of hanging the parent
@@ -309,13 +329,32 @@ def _worker(conn, kind, name, args, images, labels, variables_np, mode):
 
 
 def run_phase(name, args, images, labels, variables_np, mode, kinds):
-    """Starts one worker per contender (one after another, so compiles do not overlap),
-    then times them round-robin. Returns ``(stats, infos, rss)``."""
+    """Times JAX and the PyTorch ``kinds`` in ``mode``. Returns ``(stats, infos, rss)``.
+
+    ``--schedule interleaved``: all workers alive at once, one step each in turn
+    (round-robin), so a busy machine slows all alike. ``sequential``: one worker
+    alive at a time (start, warm up, time, stop), so no contender runs beside the
+    others' resident memory. See docs/benchmarks.md for why both exist.
+    """
+    contenders = ["jax", *kinds]
+    groups = [contenders] if args.schedule == "interleaved" else [[k] for k in contenders]
+    stats, infos, rss = {}, {}, {}
+    for group in groups:
+        s, i, r = _time_workers(name, args, images, labels, variables_np, mode, group)
+        stats.update(s)
+        infos.update(i)
+        rss.update(r)
+    return stats, infos, rss
+
+
+def _time_workers(name, args, images, labels, variables_np, mode, kinds):
+    """Starts one worker per contender in ``kinds`` (one after another, so compiles do
+    not overlap), times them round-robin, stops them."""
     ctx = mp.get_context("spawn")
     workers = {}
     infos = {}
     try:
-        for kind in ["jax", *kinds]:
+        for kind in kinds:
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_worker, args=(child, kind, name, args, images, labels, variables_np, mode))
             proc.start()
@@ -327,27 +366,25 @@ def run_phase(name, args, images, labels, variables_np, mode, kinds):
             infos[key] = info
             print(f"  [{mode}] {key} ready: {info}", flush=True)
 
-        def caller(conn):
-            def call():
-                conn.send("run")
-                reply = conn.recv()
-                if isinstance(reply, tuple):
-                    raise RuntimeError(f"worker failed: {reply[1]}")
-                return reply
-            return call
+        def call(conn):
+            conn.send("run")
+            reply = conn.recv()
+            if isinstance(reply, tuple):
+                raise RuntimeError(f"worker failed: {reply[1]}")
+            return reply
 
         times = {k: [] for k in workers}
         for _ in range(args.warmup):
-            for k, (_, conn) in workers.items():
-                caller(conn)()
+            for _, conn in workers.values():
+                call(conn)
         for _ in range(args.reps):
             for k, (_, conn) in workers.items():
-                times[k].append(caller(conn)())
+                times[k].append(call(conn))
         rss = {}
         if jax.default_backend() == "cpu":
             for k, (_, conn) in workers.items():
                 conn.send("rss")
-                rss[k] = conn.recv()
+                rss[k], rss[f"{k}_minor_faults"] = conn.recv()
         return {k: bench.Stats(t) for k, t in times.items()}, infos, rss
     finally:
         for proc, conn in workers.values():
@@ -373,8 +410,10 @@ def main(argv=None) -> int:
         extra = {"torch": torch.__version__, "torch_threads": args.torch_threads}
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "batch": args.batch, "res": args.res, "dtype": args.dtype, "reps": args.reps,
-        "impl": depthwise.resolve_impl(args.impl), "machine": bench.machine_info(extra), "models": {},
+        "batch": args.batch, "res": args.res, "dtype": args.dtype, "reps": args.reps, "schedule": args.schedule,
+        "keep_host_memory": bool(args.keep_host_memory),
+        "impl": depthwise.resolve_impl(args.impl), "conv_impl": dense_conv.resolve_impl(args.conv_impl),
+        "machine": bench.machine_info(extra), "models": {},
     }
     rng = np.random.RandomState(0)
     for name in args.models.split(","):

@@ -1,19 +1,22 @@
 """One-command accelerator check: GPU outputs vs CPU, then bf16 training speed per impl.
 
-1. For every depth-wise implementation, dmformer_s logits and the input gradient of
+Contenders are ``DEPTHWISE[:CONV]`` implementation pairs (`--impls`; the dense-conv
+impl defaults to 'auto', i.e. XLA's conv on GPU/TPU).
+
+1. For every contender, dmformer_s logits and the input gradient of
    the mean logit on the accelerator are compared with the CPU backend's (same
    process, same weights, float32, matmul precision 'highest'), so a wrong or
    precision-losing kernel shows up before any timing.
 2. dmformer_s training steps (forward, backward, AdamW) in bfloat16 compute with
    float32 parameters at batch 128, 224×224, for each implementation: compile time,
    img/s (median of timed steps), achieved TFLOP/s and MFU against the card's peak
-   bf16 rate.
+   bf16 rate, and the peak device memory in use.
 
     python benchmarks/gpu_check.py                 # on the GPU machine, < 8 minutes
     python benchmarks/gpu_check.py --smoke         # tiny sizes; runs on CPU too
 
 Writes benchmarks/results/gpu_check_<device>.json. Pick ``DEFAULT_IMPL_BY_BACKEND['gpu']``
-in dmformer_jax/models/depthwise.py from its table.
+in dmformer_jax/models/depthwise.py and dense_conv.py from its table.
 """
 
 from __future__ import annotations
@@ -35,7 +38,19 @@ import optax  # noqa: E402
 
 import dmformer_jax  # noqa: E402
 from dmformer_jax import bench  # noqa: E402
-from dmformer_jax.models import depthwise  # noqa: E402
+from dmformer_jax.models import dense_conv, depthwise  # noqa: E402
+
+# Depth-wise x dense-conv pairs timed by default: every depth-wise impl with the
+# backend's default dense conv, plus XLA's depth-wise conv with im2col gradients.
+DEFAULT_CONTENDERS = ",".join([*depthwise.available_impls(), "xla:im2col"])
+
+
+def parse_contender(text: str) -> tuple[str, str]:
+    """``'shift_add_vjp'`` -> ``('shift_add_vjp', 'auto')``; ``'xla:im2col'`` -> ``('xla', 'im2col')``."""
+    dw, _, conv = text.partition(":")
+    depthwise.resolve_impl(dw)
+    dense_conv.resolve_impl(conv or "auto")
+    return dw, conv or "auto"
 
 
 def check_outputs(name, impls, res, batch, tol):
@@ -48,7 +63,7 @@ def check_outputs(name, impls, res, batch, tol):
     variables = bench.random_variables(model, x.shape)
     report = {}
     with jax.default_matmul_precision("highest"):
-        ref_model = dmformer_jax.create_model(name, 1000, depthwise_impl="xla")
+        ref_model = dmformer_jax.create_model(name, 1000, depthwise_impl="xla", conv_impl="xla")
 
         def out_and_grad(m, v, x):
             logits = m.apply(v, x)
@@ -58,7 +73,8 @@ def check_outputs(name, impls, res, batch, tol):
         ref_logits, ref_grad = jax.jit(functools.partial(out_and_grad, ref_model))(v_cpu, x_cpu)
         ref_logits, ref_grad = np.asarray(ref_logits), np.asarray(ref_grad)
         for impl in impls:
-            m = dmformer_jax.create_model(name, 1000, depthwise_impl=impl)
+            dw, conv = parse_contender(impl)
+            m = dmformer_jax.create_model(name, 1000, depthwise_impl=dw, conv_impl=conv)
             v_acc, x_acc = jax.device_put((variables, x), acc)
             logits, grad = jax.jit(functools.partial(out_and_grad, m))(v_acc, x_acc)
             err_l = float(np.max(np.abs(np.asarray(logits) - ref_logits)) / np.max(np.abs(ref_logits)))
@@ -75,7 +91,8 @@ def time_training(name, impl, batch, res, steps, max_step_s):
     rng = np.random.RandomState(1)
     x = jnp.asarray(rng.randn(batch, res, res, 3).astype(np.float32))
     y = jnp.asarray(rng.randint(0, 1000, batch).astype(np.int32))
-    model = dmformer_jax.create_model(name, 1000, depthwise_impl=impl, dtype=jnp.bfloat16)
+    dw, conv = parse_contender(impl)
+    model = dmformer_jax.create_model(name, 1000, depthwise_impl=dw, conv_impl=conv, dtype=jnp.bfloat16)
     variables = jax.tree.map(jnp.asarray, bench.random_variables(model, x.shape))
     tx = optax.adamw(1e-3, weight_decay=0.05)
 
@@ -98,7 +115,7 @@ def time_training(name, impl, batch, res, steps, max_step_s):
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
     # Model FLOPs from the standard-conv model (scan bodies are counted once by XLA).
-    ref = dmformer_jax.create_model(name, 1000, depthwise_impl="xla", dtype=jnp.bfloat16)
+    ref = dmformer_jax.create_model(name, 1000, depthwise_impl="xla", conv_impl="xla", dtype=jnp.bfloat16)
     ref_loss = lambda p, b, x, y: optax.softmax_cross_entropy_with_integer_labels(  # noqa: E731
         ref.apply({"params": p, "batch_stats": b}, x, train=True, mutable=["batch_stats"],
                   rngs={"drop_path": key})[0], y).mean()
@@ -141,7 +158,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--res", type=int, default=224)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--impls", default=",".join(depthwise.available_impls()))
+    p.add_argument("--impls", default=DEFAULT_CONTENDERS, help="comma-separated DEPTHWISE[:CONV] impl pairs")
     p.add_argument("--check-batch", type=int, default=4)
     p.add_argument("--tol", type=float, default=2e-3, help="relative tolerance GPU vs CPU (float32)")
     p.add_argument("--max-step-s", type=float, default=30.0, help="an impl slower than this per step gets 1 timed step")
@@ -161,7 +178,7 @@ def main(argv=None) -> int:
         result["train_bf16"][impl] = time_training(args.model, impl, args.batch, args.res, args.steps, args.max_step_s)
     best = max(result["train_bf16"], key=lambda k: result["train_bf16"][k]["img_per_s"])
     print(f"fastest on {device.device_kind}: {best}; current default for '{jax.default_backend()}': "
-          f"{depthwise.resolve_impl('auto')}", flush=True)
+          f"{depthwise.resolve_impl('auto')}:{dense_conv.resolve_impl('auto')}", flush=True)
     safe = "".join(c if c.isalnum() else "_" for c in device.device_kind)
     out = Path(args.out or Path(__file__).parent / "results" / f"gpu_check_{safe}{'_smoke' if args.smoke else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

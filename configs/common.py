@@ -26,7 +26,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Overrides of DMFormer fields; None keeps the variant's own value.
     config.model.drop_path_rate = ml_collections.FieldReference(None, field_type=float)
     config.model.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16'
-    config.model.depthwise_impl = "auto"  # 'auto' | 'xla' | 'shift_add' | ...
+    # How convs are computed (never changes parameters or results beyond rounding):
+    config.model.depthwise_impl = "auto"  # 'auto' | 'xla' | 'shift_add' | 'shift_add_vjp'
+    config.model.conv_impl = "auto"  # 'auto' | 'xla' | 'im2col' (stem, downsampling, 1x1)
     config.model.expand_ratio = 3  # INFERRED
     config.model.fusion = "split"  # INFERRED: 'split' | 'sum'
     config.model.gate_reduction = 4  # INFERRED

@@ -38,7 +38,7 @@ VARIABLES_ITEM = "variables"
 SAFETENSORS_KEY = "dmformer"  # safetensors header metadata key holding the JSON record
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_JAX_ONLY_FIELDS = ("dtype", "param_dtype", "depthwise_impl")
+_JAX_ONLY_FIELDS = ("dtype", "param_dtype", "depthwise_impl", "conv_impl")
 
 __all__ = [
     "load", "read_metadata", "export", "export_checkpoint", "features",

@@ -140,6 +140,9 @@ def machine_info(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         "jax_backend": jax.default_backend(),
         "jax_devices": [d.device_kind for d in jax.devices()],
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        # glibc.malloc.hugetlb=1 backs large allocations with huge pages (see
+        # docs/benchmarks.md: it removes ~2.4M page faults per dmformer_s CPU step).
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "numpy": np.__version__,
     }
     if extra:

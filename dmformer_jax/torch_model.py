@@ -243,7 +243,7 @@ class DMFormerTorch(nn.Module):
 def create_torch_model(name: str, num_classes: int = 1000, **overrides: Any) -> DMFormerTorch:
     """The PyTorch twin of ``dmformer_jax.create_model(name, num_classes, **overrides)``.
 
-    Accepts the architecture overrides (not ``dtype``/``depthwise_impl``, which are
+    Accepts the architecture overrides (not ``dtype``/``depthwise_impl``/``conv_impl``, which are
     JAX-only).
     """
     kwargs = get_variant(name).model_kwargs()

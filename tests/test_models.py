@@ -51,10 +51,10 @@ def init_random(module, x, key=0):
 
 @pytest.mark.parametrize("fusion", ["split", "sum"])
 @pytest.mark.parametrize("inner_residual", [True, False])
-@pytest.mark.parametrize("impl", ["xla", "shift_add"])
-def test_dma_matches_numpy_float64(fusion, inner_residual, impl):
+@pytest.mark.parametrize("impl,conv_impl", [("xla", "xla"), ("shift_add", "im2col")])
+def test_dma_matches_numpy_float64(fusion, inner_residual, impl, conv_impl):
     x = jax.random.normal(jax.random.key(3), (2, 12, 10, 8))
-    module = DMA(fusion=fusion, inner_residual=inner_residual, depthwise_impl=impl)
+    module = DMA(fusion=fusion, inner_residual=inner_residual, depthwise_impl=impl, conv_impl=conv_impl)
     variables = init_random(module, x)
     out = jax.jit(module.apply)(variables, x)
     expected = ref.dma(x, variables["params"], variables["batch_stats"], fusion=fusion,
@@ -84,9 +84,9 @@ def test_dma_rejects_inconsistent_knobs(bad, message):
         DMA(**bad).init(jax.random.key(0), jnp.ones((1, 8, 8, 8)))
 
 
-@pytest.mark.parametrize("impl", ["xla", "shift_add"])
-def test_whole_model_matches_numpy_float64(impl):
-    model = dmformer_jax.create_model(TINY, num_classes=7, depthwise_impl=impl)
+@pytest.mark.parametrize("impl,conv_impl", [("xla", "xla"), ("shift_add", "im2col")])
+def test_whole_model_matches_numpy_float64(impl, conv_impl):
+    model = dmformer_jax.create_model(TINY, num_classes=7, depthwise_impl=impl, conv_impl=conv_impl)
     images = jax.random.normal(jax.random.key(5), (2, 32, 32, 3))
     variables = init_random(model, images)
     logits, feats = jax.jit(lambda v, x: model.apply(v, x, method=lambda m, x: (m(x), m.features(x))))(

@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from dmformer_jax.models.impls import resolve
+
 Array = jax.Array
 DepthwiseFn = Callable[..., Array]
 
@@ -164,15 +166,7 @@ def available_impls() -> list[str]:
 
 def resolve_impl(impl: str, backend: str | None = None) -> str:
     """Turns ``'auto'`` into the default for ``backend`` (default: JAX's backend)."""
-    if impl == "auto":
-        backend = backend or jax.default_backend()
-        return DEFAULT_IMPL_BY_BACKEND.get(backend, "xla")
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(
-            f"unknown depth-wise implementation {impl!r}; choose one of "
-            f"{['auto', *available_impls()]}"
-        )
-    return impl
+    return resolve(impl, IMPLEMENTATIONS, DEFAULT_IMPL_BY_BACKEND, "depth-wise", backend)
 
 
 def depthwise_conv2d(

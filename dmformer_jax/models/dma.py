@@ -39,6 +39,7 @@ class DMA(nn.Module):
       gate_reduction: r in the gate's ``C -> C/r -> C`` (INFERRED 4).
       inner_residual: add ``x`` after the reduce conv (INFERRED True).
       depthwise_impl: see `dmformer_jax.models.depthwise`.
+      conv_impl: how the 1×1 convs are computed (`dmformer_jax.models.dense_conv`).
     """
 
     expand_ratio: int = 3
@@ -48,6 +49,7 @@ class DMA(nn.Module):
     gate_reduction: int = 4
     inner_residual: bool = True
     depthwise_impl: str = "auto"
+    conv_impl: str = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -77,8 +79,9 @@ class DMA(nn.Module):
         channels = x.shape[-1]
         self._check(channels)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        conv_kw = dict(impl=self.conv_impl, **kw)
         expanded = self.expand_ratio * channels
-        e = layers.conv(expanded, 1, name="expand", **kw)(x)
+        e = layers.conv(expanded, 1, name="expand", **conv_kw)(x)
 
         num_branches = len(self.kernel_sizes)
         if self.fusion == "split":
@@ -94,7 +97,7 @@ class DMA(nn.Module):
         f = jnp.concatenate(branches, axis=-1) if self.fusion == "split" else sum(branches)
         f = layers.batch_norm(train, self.param_dtype, name="bn")(f)
         f = nn.relu(f).astype(self.dtype)
-        reduced = layers.conv(channels, 1, name="reduce", **kw)(f)
+        reduced = layers.conv(channels, 1, name="reduce", **conv_kw)(f)
         x_prime = x + reduced if self.inner_residual else reduced
 
         # The gate runs in float32: a per-channel sigmoid of a global mean is cheap
@@ -106,5 +109,5 @@ class DMA(nn.Module):
         a = layers.dense(channels, name="gate_fc2", **gate_kw)(nn.relu(a))
         a = nn.sigmoid(a)
 
-        value = layers.conv(channels, 1, name="value", **kw)(x_prime)
+        value = layers.conv(channels, 1, name="value", **conv_kw)(x_prime)
         return (a[:, None, None, :] * value).astype(self.dtype)

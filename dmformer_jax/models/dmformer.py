@@ -29,12 +29,13 @@ class Stem(nn.Module):
 
     width: int
     hidden_width: int
+    conv_impl: str = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype)
         x = layers.conv(self.hidden_width, 7, stride=2, padding=3, use_bias=False, name="conv1", **kw)(x)
         x = nn.relu(layers.batch_norm(train, self.param_dtype, name="bn1")(x)).astype(self.dtype)
         x = layers.conv(self.hidden_width, 3, padding=1, use_bias=False, name="conv2", **kw)(x)
@@ -47,13 +48,15 @@ class Downsample(nn.Module):
     """Conv3×3 s2 pad 1 -> LayerNorm: ``(B, H, W, C_in)`` -> ``(B, H/2, W/2, width)``."""
 
     width: int
+    conv_impl: str = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         x = layers.conv(
-            self.width, 3, stride=2, padding=1, name="conv", dtype=self.dtype, param_dtype=self.param_dtype
+            self.width, 3, stride=2, padding=1, impl=self.conv_impl, name="conv",
+            dtype=self.dtype, param_dtype=self.param_dtype,
         )(x)
         return layers.layer_norm(self.param_dtype, name="norm")(x).astype(self.dtype)
 
@@ -103,6 +106,8 @@ class DMFormer(nn.Module):
       stem_hidden_width: stem width (spec: 64, or the stage-1 width if smaller).
       expand_ratio, kernel_sizes, dilations, fusion, gate_reduction, inner_residual,
       depthwise_impl: DMA knobs (`dmformer_jax.models.dma.DMA`).
+      conv_impl: how the dense convs (stem, downsampling, 1×1) are computed
+        (`dmformer_jax.models.dense_conv`); the parameters are the same for all.
       dtype: compute dtype (e.g. ``jnp.bfloat16``); norms and the gate stay float32.
       param_dtype: parameter dtype.
     """
@@ -121,6 +126,7 @@ class DMFormer(nn.Module):
     gate_reduction: int = 4
     inner_residual: bool = True
     depthwise_impl: str = "auto"
+    conv_impl: str = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -157,17 +163,18 @@ class DMFormer(nn.Module):
             gate_reduction=self.gate_reduction,
             inner_residual=self.inner_residual,
             depthwise_impl=self.depthwise_impl,
+            conv_impl=self.conv_impl,
         )
         total_blocks = sum(depths)
         rates = [self.drop_path_rate * i / max(total_blocks - 1, 1) for i in range(total_blocks)]
 
         x = images.astype(self.dtype)
-        x = Stem(widths[0], self.stem_hidden_width, name="stem", **kw)(x, train=train)
+        x = Stem(widths[0], self.stem_hidden_width, self.conv_impl, name="stem", **kw)(x, train=train)
         features = {}
         block_index = 0
         for stage, (depth, width_) in enumerate(zip(depths, widths)):
             if stage > 0:
-                x = Downsample(width_, name=f"downsample_{stage}", **kw)(x)
+                x = Downsample(width_, self.conv_impl, name=f"downsample_{stage}", **kw)(x)
             for j in range(depth):
                 x = Block(
                     mlp_ratio=self.mlp_ratio,

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
 
-from dmformer_jax.models import depthwise
+from dmformer_jax.models import dense_conv, depthwise
 
 Dtype = Any
 Array = jax.Array
@@ -37,16 +37,18 @@ def conv(
     stride: int = 1,
     padding: int = 0,
     use_bias: bool = True,
+    impl: str = "auto",
     dtype: Dtype = jnp.float32,
     param_dtype: Dtype = jnp.float32,
     name: str | None = None,
-) -> nn.Conv:
+) -> "Conv":
     """A dense 2-D convolution with explicit symmetric padding (PyTorch semantics).
 
     Explicit padding (rather than 'SAME') keeps strided convs identical to the
-    PyTorch re-implementation, which pads both sides equally.
+    PyTorch re-implementation, which pads both sides equally. ``impl`` chooses how it
+    is computed (`Conv`); the parameters are ``nn.Conv``'s either way.
     """
-    return nn.Conv(
+    return Conv(
         features,
         (kernel_size, kernel_size),
         strides=(stride, stride),
@@ -56,6 +58,7 @@ def conv(
         param_dtype=param_dtype,
         kernel_init=kernel_init,
         bias_init=bias_init,
+        impl=impl,
         name=name,
     )
 
@@ -101,6 +104,35 @@ def batch_norm(
         param_dtype=param_dtype,
         name=name,
     )
+
+
+class Conv(nn.Conv):
+    """A dense convolution whose computation is chosen by ``impl``.
+
+    The parameters are exactly ``nn.Conv``'s (``kernel`` ``(k, k, C_in, C_out)``,
+    ``bias`` ``(C_out,)``), so checkpoints do not depend on ``impl``; ``'xla'`` runs
+    ``nn.Conv`` itself, ``'im2col'`` computes 1×1 convs as a matmul and the gradients
+    of k×k convs through im2col matmuls (`dmformer_jax.models.dense_conv`).
+    Build it with `conv`, which sets symmetric explicit padding.
+    """
+
+    impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, inputs: Array) -> Array:
+        """``inputs``: ``(B, H, W, C_in)`` -> ``(B, H', W', C_out)``."""
+        impl = dense_conv.resolve_impl(self.impl)
+        if impl == "xla":
+            return super().__call__(inputs)
+        kernel = self.param(
+            "kernel", self.kernel_init, (*self.kernel_size, inputs.shape[-1], self.features),
+            self.param_dtype,
+        )
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        inputs, kernel, bias = promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        (pad, _), _ = self.padding
+        y = dense_conv.conv2d(inputs, kernel, stride=self.strides[0], padding=pad, impl=impl)
+        return y if bias is None else y + bias
 
 
 class DepthwiseConv(nn.Conv):

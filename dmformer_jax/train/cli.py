@@ -17,6 +17,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from dmformer_jax.errors import ConfigError, UserError
+from dmformer_jax.host_memory import keep_freed_host_memory
 
 USER_ERROR_EXIT_CODE = 2
 DIVERGED_EXIT_CODE = 1
@@ -170,6 +171,9 @@ def main(argv: Sequence[str] | None = None, *, eval_entry: bool = False) -> int:
 
     0: done; 1: diverged (NaN/Inf loss); 2: user error; 143: preempted (checkpoint saved).
     """
+    # Before JAX starts its CPU client: keep each step's freed host memory mapped
+    # (no-op on GPU/TPU hosts; see dmformer_jax/host_memory.py).
+    keep_freed_host_memory()
     from dmformer_jax.train.loop import PREEMPTED_EXIT_CODE, Preempted, TrainingDivergedError
 
     argv = list(sys.argv if argv is None else argv)

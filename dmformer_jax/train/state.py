@@ -47,6 +47,7 @@ def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
         raise ConfigError(f"config.model.dtype={m.dtype!r} is not one of {sorted(DTYPES)}")
     kwargs: dict[str, Any] = dict(
         depthwise_impl=m.depthwise_impl,
+        conv_impl=m.conv_impl,
         expand_ratio=m.expand_ratio,
         fusion=m.fusion,
         gate_reduction=m.gate_reduction,

@@ -1,0 +1,136 @@
+"""Dense (not depth-wise) convolutions: the stem, the downsampling convs and every 1×1.
+
+All take NHWC inputs ``x`` ``(B, H, W, C_in)`` and an ``nn.Conv``-layout kernel
+``(k, k, C_in, C_out)`` and return ``(B, H', W', C_out)`` with
+``H' = (H + 2·padding − k) // stride + 1``. The parameters are the same whichever
+implementation runs, so checkpoints do not depend on it.
+
+Implementations (timings in ``docs/benchmarks.md``):
+  - ``'xla'``: ``lax.conv_general_dilated``, what ``nn.Conv`` runs.
+  - ``'im2col'``: a 1×1 stride-1 conv is one ``dot_general`` over channels. A k×k
+    conv keeps XLA's forward but gets a custom VJP that differentiates the im2col
+    formulation instead: ``patches (B, H', W', k²·C_in) @ kernel (k²·C_in, C_out)``,
+    where ``patches`` stacks the k² strided slices of the padded input. Both
+    gradients become one matmul each plus slice/pad bookkeeping that XLA fuses.
+    Why: on XLA's CPU backend the backward of ``conv_general_dilated`` is the slow
+    part (32×112×112×64 -> 64, 3×3: 4.8 s forward+backward vs 2.2 s this way; a 1×1
+    conv 32×56×56×64 -> 192: 1.04 s vs 0.37 s), while its forward is fast.
+
+``'auto'`` picks per backend (`resolve_impl`): im2col on CPU, XLA's conv on GPU/TPU
+(where a conv *is* an implicit GEMM already).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from dmformer_jax.models.impls import resolve
+
+Array = jax.Array
+
+
+def xla_conv(x: Array, kernel: Array, *, stride: int, padding: int) -> Array:
+    """XLA's convolution (``nn.Conv``'s own computation)."""
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+
+
+def pointwise_conv(x: Array, kernel: Array) -> Array:
+    """1×1 stride-1 conv as ``x @ kernel[0, 0]``: ``(..., C_in)`` -> ``(..., C_out)``."""
+    return lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def im2col_patches(x: Array, k: int, stride: int, padding: int) -> Array:
+    """``(B, H, W, C)`` -> ``(B, H', W', k²·C)``, ordered ``(i, j, c)`` like ``kernel.reshape``."""
+    x_pad = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    batch, height, width, channels = x_pad.shape
+    out_h = (height - k) // stride + 1
+    out_w = (width - k) // stride + 1
+    slices = [
+        lax.slice(
+            x_pad,
+            (0, i, j, 0),
+            (batch, i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1, channels),
+            (1, stride, stride, 1),
+        )
+        for i in range(k)
+        for j in range(k)
+    ]
+    return jnp.concatenate(slices, axis=-1)
+
+
+def im2col_conv(x: Array, kernel: Array, *, stride: int, padding: int) -> Array:
+    """The convolution as ``patches @ kernel.reshape(k²·C_in, C_out)``."""
+    k = kernel.shape[0]
+    patches = im2col_patches(x, k, stride, padding)
+    return lax.dot_general(
+        patches, kernel.reshape(-1, kernel.shape[-1]), (((3,), (0,)), ((), ()))
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_im2col_grad(x: Array, kernel: Array, stride: int, padding: int) -> Array:
+    return xla_conv(x, kernel, stride=stride, padding=padding)
+
+
+def _conv_im2col_grad_fwd(x, kernel, stride, padding):
+    return xla_conv(x, kernel, stride=stride, padding=padding), (x, kernel)
+
+
+def _conv_im2col_grad_bwd(stride, padding, residuals, g):
+    x, kernel = residuals
+    # The primal output of this vjp is unused and removed by XLA's dead-code pass.
+    _, vjp = jax.vjp(lambda x, k: im2col_conv(x, k, stride=stride, padding=padding), x, kernel)
+    return vjp(g)
+
+
+_conv_im2col_grad.defvjp(_conv_im2col_grad_fwd, _conv_im2col_grad_bwd)
+
+
+def im2col_grad_conv(x: Array, kernel: Array, *, stride: int, padding: int) -> Array:
+    """XLA's forward; gradients of the im2col matmul (a 1×1 stride-1 conv: one dot)."""
+    if kernel.shape[:2] == (1, 1) and stride == 1 and padding == 0:
+        return pointwise_conv(x, kernel)
+    if kernel.shape[0] != kernel.shape[1]:
+        raise ValueError(f"im2col needs a square kernel, got {kernel.shape[:2]}")
+    return _conv_im2col_grad(x, kernel, stride, padding)
+
+
+IMPLEMENTATIONS: dict[str, Callable[..., Array]] = {
+    "xla": xla_conv,
+    "im2col": im2col_grad_conv,
+}
+
+# Chosen from measurement (docs/benchmarks.md). GPU/TPU: XLA's conv until
+# benchmarks/gpu_check.py says otherwise.
+DEFAULT_IMPL_BY_BACKEND: dict[str, str] = {"cpu": "im2col", "gpu": "xla", "tpu": "xla"}
+
+
+def available_impls() -> list[str]:
+    """Names accepted by ``impl`` (besides ``'auto'``)."""
+    return sorted(IMPLEMENTATIONS)
+
+
+def resolve_impl(impl: str, backend: str | None = None) -> str:
+    """Turns ``'auto'`` into the default for ``backend`` (default: JAX's backend)."""
+    return resolve(impl, IMPLEMENTATIONS, DEFAULT_IMPL_BY_BACKEND, "dense conv", backend)
+
+
+def conv2d(x: Array, kernel: Array, *, stride: int = 1, padding: int = 0, impl: str = "auto") -> Array:
+    """Dense conv. ``x`` ``(B, H, W, C_in)``, ``kernel`` ``(k, k, C_in, C_out)``.
+
+    Returns ``(B, (H + 2·padding − k) // stride + 1, (W + …) // stride + 1, C_out)``.
+    """
+    if kernel.ndim != 4 or kernel.shape[2] != x.shape[-1]:
+        raise ValueError(f"conv kernel must be (k, k, C_in={x.shape[-1]}, C_out), got {kernel.shape}")
+    return IMPLEMENTATIONS[resolve_impl(impl)](x, kernel, stride=stride, padding=padding)

@@ -1,0 +1,102 @@
+"""Every dense-conv implementation against a NumPy float64 reference: values and both
+gradients, for the shapes DMFormer uses (stem 7×7 s2 / 3×3 / 2×2 s2, downsampling
+3×3 s2, 1×1), float32 and bfloat16; and the layer keeps ``nn.Conv``'s parameters."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dmformer_jax.models import dense_conv, layers
+
+IMPLS = sorted(dense_conv.IMPLEMENTATIONS)
+# (k, stride, padding): stem conv1, stem conv2, stem conv3, downsampling, 1×1, odd sizes.
+CASES = [(7, 2, 3), (3, 1, 1), (2, 2, 0), (3, 2, 1), (1, 1, 0), (3, 2, 0)]
+
+
+def reference(x, kernel, ct, stride, padding):
+    """float64 out, d(Σ out·ct)/dx and d(Σ out·ct)/dkernel by explicit per-tap loops."""
+    x, kernel, ct = (np.asarray(a, np.float64) for a in (x, kernel, ct))
+    k = kernel.shape[0]
+    xp = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    oh, ow = ct.shape[1], ct.shape[2]
+    out = np.zeros(ct.shape)
+    dxp = np.zeros_like(xp)
+    dk = np.zeros_like(kernel)
+    for i in range(k):
+        for j in range(k):
+            sl = (slice(None), slice(i, i + stride * (oh - 1) + 1, stride), slice(j, j + stride * (ow - 1) + 1, stride))
+            out += xp[sl] @ kernel[i, j]
+            dxp[sl] += ct @ kernel[i, j].T
+            dk[i, j] = np.einsum("bhwc,bhwd->cd", xp[sl], ct)
+    h, w = x.shape[1], x.shape[2]
+    return out, dxp[:, padding:padding + h, padding:padding + w], dk
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(impl, stride, padding):
+    def loss(x, kernel, ct):
+        y = dense_conv.conv2d(x, kernel, stride=stride, padding=padding, impl=impl)
+        return jnp.sum(y.astype(jnp.float32) * ct), y
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+
+
+def _check(impl, k, stride, padding, dtype, rtol, shape=(2, 13, 11, 5), c_out=7):
+    rng = np.random.RandomState(k * 10 + stride)
+    # Round to the test dtype first so the reference sees exactly the same inputs.
+    x = np.asarray(jnp.asarray(rng.randn(*shape), dtype).astype(jnp.float32))
+    kernel = np.asarray(jnp.asarray(rng.randn(k, k, shape[-1], c_out), dtype).astype(jnp.float32))
+    oh = (shape[1] + 2 * padding - k) // stride + 1
+    ow = (shape[2] + 2 * padding - k) // stride + 1
+    ct = rng.randn(shape[0], oh, ow, c_out).astype(np.float32)
+    (_, y), (dx, dk) = _jitted(impl, stride, padding)(
+        jnp.asarray(x, dtype), jnp.asarray(kernel, dtype), jnp.asarray(ct)
+    )
+    assert y.dtype == dtype and dx.dtype == dtype and dk.dtype == dtype
+    want = reference(x, kernel, ct, stride, padding)
+    for name, got, ref in zip(("out", "dx", "dkernel"), (y, dx, dk), want):
+        got = np.asarray(got, np.float64)
+        assert got.shape == ref.shape, name
+        err = np.max(np.abs(got - ref)) / np.max(np.abs(ref))
+        assert err <= rtol, f"{impl} k={k} s={stride} p={padding} {dtype.__name__} {name}: rel err {err:.2e}"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("k,stride,padding", CASES)
+def test_float32_matches_float64_reference(impl, k, stride, padding):
+    _check(impl, k, stride, padding, jnp.float32, rtol=1e-5)
+
+
+# bfloat16 (unit roundoff 2^-9): sums of up to k²·C_in = 245 rounded products and a
+# final rounding stay well inside 3e-2 of the output scale, while a wrong tap,
+# stride or offset gives errors of order 1.
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("k,stride,padding", CASES)
+def test_bfloat16_matches_float64_reference(impl, k, stride, padding):
+    _check(impl, k, stride, padding, jnp.bfloat16, rtol=3e-2)
+
+
+def test_conv_layer_keeps_nn_conv_parameters_and_values():
+    """Same parameter tree as ``nn.Conv``; with those parameters, the same outputs."""
+    x = jnp.asarray(np.random.RandomState(0).randn(2, 12, 12, 5), jnp.float32)
+    ref = nn.Conv(8, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    ref_vars = ref.init(jax.random.key(0), x)
+    for impl in IMPLS:
+        layer = layers.conv(8, 3, stride=2, padding=1, impl=impl)
+        shapes = jax.tree.map(jnp.shape, layer.init(jax.random.key(0), x))
+        assert shapes == jax.tree.map(jnp.shape, ref_vars)
+        np.testing.assert_allclose(layer.apply(ref_vars, x), ref.apply(ref_vars, x), rtol=1e-5, atol=1e-5)
+
+
+def test_auto_resolves_per_backend_and_rejects_unknown():
+    assert dense_conv.resolve_impl("auto", "cpu") == dense_conv.DEFAULT_IMPL_BY_BACKEND["cpu"]
+    assert dense_conv.resolve_impl("auto", "gpu") == dense_conv.DEFAULT_IMPL_BY_BACKEND["gpu"]
+    assert set(dense_conv.DEFAULT_IMPL_BY_BACKEND.values()) <= set(dense_conv.IMPLEMENTATIONS)
+    with pytest.raises(ValueError, match="unknown dense conv implementation 'nope'"):
+        dense_conv.resolve_impl("nope")
+    with pytest.raises(ValueError, match=r"must be \(k, k, C_in=4, C_out\)"):
+        dense_conv.conv2d(jnp.zeros((1, 5, 5, 4)), jnp.zeros((3, 3, 2, 4)))
