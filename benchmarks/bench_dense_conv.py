@@ -71,36 +71,20 @@ def main(argv=None) -> int:
         w_np = (rng.randn(k, k, c_in, c_out) / np.sqrt(k * k * c_in)).astype(np.float32)
         ct_np = rng.randn(args.batch, out_h, out_h, c_out).astype(np.float32)
         x, w, ct = jnp.asarray(x_np), jnp.asarray(w_np), jnp.asarray(ct_np)
-        contenders = {}
-        for impl in dense_conv.available_impls():
-            conv = functools.partial(dense_conv.conv2d, stride=stride, padding=pad, impl=impl)
-            fwd = jax.jit(conv)
-            bwd = jax.jit(lambda x, w, ct, conv=conv: jax.vjp(conv, x, w)[1](ct))
-            contenders[f"jax_{impl}"] = (
-                lambda fwd=fwd: jax.block_until_ready(fwd(x, w)),
-                lambda bwd=bwd: jax.block_until_ready(bwd(x, w, ct)),
+        contenders = {
+            f"jax_{impl}": bench.jax_fwd_and_fwd_bwd(
+                functools.partial(dense_conv.conv2d, stride=stride, padding=pad, impl=impl), x, w, ct
             )
+            for impl in dense_conv.available_impls()
+        }
         if torch is not None:
             tx = torch.from_numpy(x_np.transpose(0, 3, 1, 2).copy())
             tw = torch.from_numpy(w_np.transpose(3, 2, 0, 1).copy())
             tct = torch.from_numpy(ct_np.transpose(0, 3, 1, 2).copy())
             conv_t = functools.partial(torch.nn.functional.conv2d, stride=stride, padding=pad)
-
-            def t_fwd():
-                with torch.no_grad():
-                    conv_t(tx, tw)
-
-            def t_bwd():
-                a, b = tx.detach().requires_grad_(), tw.detach().requires_grad_()
-                torch.autograd.grad(conv_t(a, b), (a, b), tct)
-
-            contenders["torch"] = (t_fwd, t_bwd)
+            contenders["torch"] = bench.torch_fwd_and_fwd_bwd(conv_t, tx, tw, tct)
         case = {"label": label, "h": h, "c_in": c_in, "c_out": c_out, "k": k, "stride": stride, "padding": pad}
-        for i, name in enumerate(("fwd", "fwd_bwd")):
-            stats = bench.time_interleaved({n: c[i] for n, c in contenders.items()}, args.reps, warmup=1)
-            case[name] = {n: s.as_dict() for n, s in stats.items()}
-            for n, s in stats.items():
-                print(f"{label} {h}² {c_in}->{c_out} {name:7s} {n:10s} {1e3 * s.median:9.1f} ms", flush=True)
+        case.update(bench.time_fwd_and_fwd_bwd(contenders, args.reps, f"{label} {h}² {c_in}->{c_out}"))
         results["cases"].append(case)
     tag = f"dense_conv_{jax.default_backend()}" + ("_smoke" if args.smoke else "")
     out = Path(args.out or Path(__file__).parent / "results" / f"{tag}.json")

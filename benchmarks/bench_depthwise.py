@@ -65,37 +65,21 @@ def main(argv=None) -> int:
         w_np = rng.randn(k, k, 1, shape[-1]).astype(np.float32)
         ct_np = rng.randn(*shape).astype(np.float32)
         x, w, ct = jnp.asarray(x_np, dtype), jnp.asarray(w_np, dtype), jnp.asarray(ct_np, dtype)
-        contenders = {}
-        for impl in impls:
-            conv = functools.partial(depthwise.depthwise_conv2d, dilation=d, padding=pad, impl=impl)
-            fwd = jax.jit(conv)
-            bwd = jax.jit(lambda x, w, ct, conv=conv: jax.vjp(conv, x, w)[1](ct))
-            contenders[f"jax_{impl}"] = (
-                lambda fwd=fwd: jax.block_until_ready(fwd(x, w)),
-                lambda bwd=bwd: jax.block_until_ready(bwd(x, w, ct)),
+        contenders = {
+            f"jax_{impl}": bench.jax_fwd_and_fwd_bwd(
+                functools.partial(depthwise.depthwise_conv2d, dilation=d, padding=pad, impl=impl), x, w, ct
             )
+            for impl in impls
+        }
         if torch is not None:
             tdtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
             tx = torch.from_numpy(x_np.transpose(0, 3, 1, 2).copy()).to(tdtype)
             tw = torch.from_numpy(w_np.transpose(3, 2, 0, 1).copy()).to(tdtype)
             tct = torch.from_numpy(ct_np.transpose(0, 3, 1, 2).copy()).to(tdtype)
             conv_t = functools.partial(torch.nn.functional.conv2d, padding=pad, dilation=d, groups=shape[-1])
-
-            def t_fwd():
-                with torch.no_grad():
-                    conv_t(tx, tw)
-
-            def t_bwd():
-                a, b = tx.detach().requires_grad_(), tw.detach().requires_grad_()
-                torch.autograd.grad(conv_t(a, b), (a, b), tct)
-
-            contenders["torch"] = (t_fwd, t_bwd)
+            contenders["torch"] = bench.torch_fwd_and_fwd_bwd(conv_t, tx, tw, tct)
         case = {"k": k, "dilation": d}
-        for i, label in enumerate(("fwd", "fwd_bwd")):
-            stats = bench.time_interleaved({n: c[i] for n, c in contenders.items()}, args.reps, warmup=1)
-            case[label] = {n: s.as_dict() for n, s in stats.items()}
-            for n, s in stats.items():
-                print(f"k={k} d={d} {label:7s} {n:18s} {1e3 * s.median:9.1f} ms ({1e3 * s.low:.1f}–{1e3 * s.high:.1f})", flush=True)
+        case.update(bench.time_fwd_and_fwd_bwd(contenders, args.reps, f"k={k} d={d}"))
         results["cases"].append(case)
     tag = f"depthwise_{jax.default_backend()}_{args.dtype}" + ("_smoke" if args.smoke else "")
     out = Path(args.out or Path(__file__).parent / "results" / f"{tag}.json")

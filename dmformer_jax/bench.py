@@ -183,3 +183,42 @@ def random_variables(model, image_shape: tuple[int, ...], seed: int = 0) -> dict
         return (base + 0.1 * rng.randn(*shape)).astype(np.float32)
 
     return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def jax_fwd_and_fwd_bwd(fn: Callable, x, w, ct) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """Zero-argument timers for ``fn(x, w)`` and for its output plus both gradients
+    (``vjp`` with the cotangent ``ct``), each jitted and blocking."""
+    import jax
+
+    fwd = jax.jit(fn)
+    bwd = jax.jit(lambda x, w, ct: jax.vjp(fn, x, w)[1](ct))
+    return (lambda: jax.block_until_ready(fwd(x, w)), lambda: jax.block_until_ready(bwd(x, w, ct)))
+
+
+def torch_fwd_and_fwd_bwd(fn: Callable, x, w, ct) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """The same timers for a PyTorch ``fn(x, w)`` (forward under ``no_grad``)."""
+    import torch
+
+    def fwd():
+        with torch.no_grad():
+            fn(x, w)
+
+    def fwd_bwd():
+        a, b = x.detach().requires_grad_(), w.detach().requires_grad_()
+        torch.autograd.grad(fn(a, b), (a, b), ct)
+
+    return fwd, fwd_bwd
+
+
+def time_fwd_and_fwd_bwd(
+    contenders: Mapping[str, tuple[Callable[[], Any], Callable[[], Any]]], reps: int, label: str
+) -> dict[str, Any]:
+    """Times every contender's (fwd, fwd_bwd) pair round-robin; prints and returns
+    ``{'fwd': {name: Stats.as_dict()}, 'fwd_bwd': {...}}``."""
+    out: dict[str, Any] = {}
+    for i, name in enumerate(("fwd", "fwd_bwd")):
+        stats = time_interleaved({n: c[i] for n, c in contenders.items()}, reps, warmup=1)
+        out[name] = {n: s.as_dict() for n, s in stats.items()}
+        for n, s in stats.items():
+            print(f"{label} {name:7s} {n:18s} {1e3 * s.median:9.1f} ms ({1e3 * s.low:.1f}–{1e3 * s.high:.1f})", flush=True)
+    return out
