@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,9 +24,6 @@ import numpy as np  # noqa: E402
 
 from dmformer_jax import bench  # noqa: E402
 from dmformer_jax.models import dense_conv  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_model import update_docs  # noqa: E402
 
 # (label, H, C_in, C_out, k, stride, padding) for dmformer_s at 224×224.
 CASES = [
@@ -78,18 +74,13 @@ def main(argv=None) -> int:
             for impl in dense_conv.available_impls()
         }
         if torch is not None:
-            tx = torch.from_numpy(x_np.transpose(0, 3, 1, 2).copy())
-            tw = torch.from_numpy(w_np.transpose(3, 2, 0, 1).copy())
-            tct = torch.from_numpy(ct_np.transpose(0, 3, 1, 2).copy())
             conv_t = functools.partial(torch.nn.functional.conv2d, stride=stride, padding=pad)
-            contenders["torch"] = bench.torch_fwd_and_fwd_bwd(conv_t, tx, tw, tct)
+            contenders["torch"] = bench.torch_fwd_and_fwd_bwd(conv_t, x_np, w_np, ct_np)
         case = {"label": label, "h": h, "c_in": c_in, "c_out": c_out, "k": k, "stride": stride, "padding": pad}
         case.update(bench.time_fwd_and_fwd_bwd(contenders, args.reps, f"{label} {h}² {c_in}->{c_out}"))
         results["cases"].append(case)
     tag = f"dense_conv_{jax.default_backend()}" + ("_smoke" if args.smoke else "")
     out = Path(args.out or Path(__file__).parent / "results" / f"{tag}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
     names = list(results["cases"][0]["fwd"])
     m = results["machine"]
     lines = [
@@ -108,11 +99,7 @@ def main(argv=None) -> int:
             ]
             shape = f"{case['h']}² × {case['c_in']} → {case['c_out']}"
             lines.append(f"| {case['label']} | {shape} | {name.replace('_', '+')} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
-    print(table)
-    print(f"wrote {out}")
-    if args.docs:
-        update_docs(Path(args.docs), tag, table)
+    bench.publish(results, "\n".join(lines), tag, out, args.docs)
     return 0
 
 

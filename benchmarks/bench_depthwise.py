@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,9 +24,6 @@ import numpy as np  # noqa: E402
 
 from dmformer_jax import bench  # noqa: E402
 from dmformer_jax.models import depthwise  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_model import update_docs  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -73,18 +69,13 @@ def main(argv=None) -> int:
         }
         if torch is not None:
             tdtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-            tx = torch.from_numpy(x_np.transpose(0, 3, 1, 2).copy()).to(tdtype)
-            tw = torch.from_numpy(w_np.transpose(3, 2, 0, 1).copy()).to(tdtype)
-            tct = torch.from_numpy(ct_np.transpose(0, 3, 1, 2).copy()).to(tdtype)
             conv_t = functools.partial(torch.nn.functional.conv2d, padding=pad, dilation=d, groups=shape[-1])
-            contenders["torch"] = bench.torch_fwd_and_fwd_bwd(conv_t, tx, tw, tct)
+            contenders["torch"] = bench.torch_fwd_and_fwd_bwd(conv_t, x_np, w_np, ct_np, tdtype)
         case = {"k": k, "dilation": d}
         case.update(bench.time_fwd_and_fwd_bwd(contenders, args.reps, f"k={k} d={d}"))
         results["cases"].append(case)
     tag = f"depthwise_{jax.default_backend()}_{args.dtype}" + ("_smoke" if args.smoke else "")
     out = Path(args.out or Path(__file__).parent / "results" / f"{tag}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
     names = list(results["cases"][0]["fwd"])
     m = results["machine"]
     lines = [
@@ -100,11 +91,7 @@ def main(argv=None) -> int:
         for label in ("fwd", "fwd_bwd"):
             cells = [f"{1e3 * case[label][n]['median_s']:.1f} ({1e3 * case[label][n]['min_s']:.0f}–{1e3 * case[label][n]['max_s']:.0f})" for n in names]
             lines.append(f"| {case['k']}, {case['dilation']} | {label.replace('_', '+')} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
-    print(table)
-    print(f"wrote {out}")
-    if args.docs:
-        update_docs(Path(args.docs), tag, table)
+    bench.publish(results, "\n".join(lines), tag, out, args.docs)
     return 0
 
 

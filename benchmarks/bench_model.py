@@ -282,18 +282,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def update_docs(path: Path, tag: str, body: str) -> None:
-    """Replaces the section between ``<!-- bench:TAG:start -->`` and ``:end`` (or appends it)."""
-    start, end = f"<!-- bench:{tag}:start -->", f"<!-- bench:{tag}:end -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{start}\n{body}\n{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def _worker(conn, kind, name, args, images, labels, variables_np, mode):
     """One contender in its own process: builds it, then runs one step per 'run'.
 
@@ -447,12 +435,7 @@ def main(argv=None) -> int:
         result["models"][name] = entry
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(result, indent=1))  # partial results survive a later failure
-    print(f"wrote {out_path}")
-    table = markdown(result)
-    print(table)
-    if args.docs:
-        update_docs(Path(args.docs), tag, table)
-        print(f"updated {args.docs} (section bench:{tag})")
+    bench.publish(result, markdown(result), tag, out_path, args.docs)
     return 0
 
 

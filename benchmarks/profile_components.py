@@ -22,7 +22,6 @@ stage depth and adds the stem and downsampling. Writes JSON and, with ``--docs``
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import statistics
 import sys
@@ -240,16 +239,7 @@ def main(argv=None) -> int:
         print(f"  {kind}: model estimate forward {fwd:.0f} ms, forward+backward {train:.0f} ms", flush=True)
     tag = f"components_{backend}" + ("_smoke" if args.smoke else "")
     out = Path(args.out or Path(__file__).parent / "results" / f"{tag}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    table = markdown(result)
-    print(table)
-    print(f"wrote {out}")
-    if args.docs:
-        from bench_model import update_docs
-
-        update_docs(Path(args.docs), tag, table)
-        print(f"updated {args.docs} (section bench:{tag})")
+    bench.publish(result, markdown(result), tag, out, args.docs)
     return 0
 
 

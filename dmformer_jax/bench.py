@@ -8,11 +8,13 @@ shared machine slows them alike; `Stats` keeps median and min–max;
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
 import statistics
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -195,9 +197,21 @@ def jax_fwd_and_fwd_bwd(fn: Callable, x, w, ct) -> tuple[Callable[[], Any], Call
     return (lambda: jax.block_until_ready(fwd(x, w)), lambda: jax.block_until_ready(bwd(x, w, ct)))
 
 
-def torch_fwd_and_fwd_bwd(fn: Callable, x, w, ct) -> tuple[Callable[[], Any], Callable[[], Any]]:
-    """The same timers for a PyTorch ``fn(x, w)`` (forward under ``no_grad``)."""
+def torch_fwd_and_fwd_bwd(
+    fn: Callable, x: np.ndarray, w: np.ndarray, ct: np.ndarray, dtype: Any = None
+) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """The same timers for a PyTorch conv ``fn(x, w)`` (forward under ``no_grad``).
+
+    Takes the JAX-layout NumPy arrays (``x``/``ct`` NHWC, ``w`` HWIO) and gives
+    ``fn`` NCHW / OIHW tensors, in ``dtype`` if given.
+    """
     import torch
+
+    def to_torch(a: np.ndarray, axes: tuple[int, ...]):
+        t = torch.from_numpy(np.ascontiguousarray(a.transpose(axes)))
+        return t if dtype is None else t.to(dtype)
+
+    x, w, ct = to_torch(x, (0, 3, 1, 2)), to_torch(w, (3, 2, 0, 1)), to_torch(ct, (0, 3, 1, 2))
 
     def fwd():
         with torch.no_grad():
@@ -222,3 +236,27 @@ def time_fwd_and_fwd_bwd(
         for n, s in stats.items():
             print(f"{label} {name:7s} {n:18s} {1e3 * s.median:9.1f} ms ({1e3 * s.low:.1f}–{1e3 * s.high:.1f})", flush=True)
     return out
+
+
+def update_docs(path: Path, tag: str, body: str) -> None:
+    """Replaces the section between ``<!-- bench:TAG:start -->`` and ``:end`` (or appends it)."""
+    start, end = f"<!-- bench:{tag}:start -->", f"<!-- bench:{tag}:end -->"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{start}\n{body}\n{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def publish(results: Mapping[str, Any], table: str, tag: str, out: Path, docs: str | None = None) -> None:
+    """Writes ``results`` as JSON to ``out``, prints the markdown ``table`` and, with
+    ``docs``, replaces that file's ``bench:TAG`` section with it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print(table)
+    print(f"wrote {out}")
+    if docs:
+        update_docs(Path(docs), tag, table)
+        print(f"updated {docs} (section bench:{tag})")
