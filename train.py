@@ -14,6 +14,6 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 if __name__ == "__main__":
-    from dmformer_jax.train import main
+    from dmformer_jax.train.cli import exit_process, main
 
-    sys.exit(main(sys.argv))
+    exit_process(main(sys.argv))

@@ -31,6 +31,7 @@ import numpy as np
 
 from dmformer_jax.errors import CheckpointError
 from dmformer_jax.models import VARIANTS, DMFormer, create_model
+from dmformer_jax.paths import resolve
 
 METADATA_FORMAT = "dmformer_jax.export/1"
 METADATA_FILE = "dmformer.json"  # next to the Orbax item in an exported folder
@@ -123,9 +124,7 @@ def _locate(path: str, step: int | None) -> _Source:
     """Works out what ``path`` is; raises `CheckpointError` naming what was expected."""
     from etils import epath
 
-    path = os.fspath(path)
-    if "://" not in path:
-        path = os.path.abspath(path)  # Orbax reads no metadata from relative paths
+    path = resolve(path)  # Orbax reads no metadata from relative paths
     p = epath.Path(path)
     if path.endswith(".safetensors"):
         if not p.exists():
@@ -168,7 +167,12 @@ def _read_training(source: _Source, use_ema: bool, sharding) -> tuple[dict, dict
     import orbax.checkpoint as ocp
     from etils import epath
 
+    from dmformer_jax.train.checkpoint import verify_manifest
+
     step_dir = epath.Path(source.path) / str(source.step)
+    damage = verify_manifest(step_dir)
+    if damage is not None:
+        raise CheckpointError(f"checkpoint {step_dir} is damaged ({damage}); load another step")
     try:
         meta = json.loads((step_dir / "meta" / "metadata").read_text())
         with ocp.PyTreeCheckpointer() as checkpointer:
@@ -341,6 +345,7 @@ def export(
     """
     from etils import epath
 
+    path = resolve(path)
     out = epath.Path(path)
     if out.exists():
         raise CheckpointError(f"{path} already exists; export to a new path (existing files are never overwritten)")

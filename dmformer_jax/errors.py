@@ -19,3 +19,7 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint that cannot be used for this run (wrong variant, corrupt, ...)."""
+
+
+class CheckpointSaveError(CheckpointError):
+    """A checkpoint could not be written (bad path, permission denied, disk full)."""

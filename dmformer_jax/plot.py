@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Sequence
 
+from dmformer_jax.paths import resolve
 from dmformer_jax.train.logger import read_metrics
 
 
@@ -25,6 +26,7 @@ def plot_run(workdir: str, out: str | None = None) -> str:
     matplotlib.use("Agg")  # headless: no display on training machines
     import matplotlib.pyplot as plt
 
+    workdir = resolve(workdir)
     records = read_metrics(workdir)
     if not records:
         raise FileNotFoundError(f"no metrics in {os.path.join(workdir, 'metrics.jsonl')}; train first")
@@ -47,7 +49,7 @@ def plot_run(workdir: str, out: str | None = None) -> str:
         ax.legend()
     fig.suptitle(os.path.basename(os.path.normpath(workdir)))
     fig.tight_layout()
-    out = out or os.path.join(workdir, "curves.png")
+    out = resolve(out) if out else os.path.join(workdir, "curves.png")
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out

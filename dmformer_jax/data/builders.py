@@ -18,6 +18,7 @@ import tensorflow_datasets as tfds
 from dmformer_jax.data import digits  # noqa: F401  (registers 'dmformer_digits' with TFDS)
 from dmformer_jax.data import pipeline
 from dmformer_jax.errors import DataError
+from dmformer_jax.paths import is_url, resolve_optional
 
 # Datasets this package can build by itself, offline, on first use.
 _SELF_BUILT = ("dmformer_digits",)
@@ -35,7 +36,19 @@ class DatasetInfo:
 
 
 def _data_dir(config) -> str | None:
-    return config.data.data_dir or None
+    return resolve_optional(config.data.data_dir)
+
+
+def _manual_dir(config) -> str | None:
+    return resolve_optional(config.data.manual_dir)
+
+
+def _require_manual_dir(manual_dir: str, name: str) -> None:
+    if not tf.io.gfile.isdir(manual_dir):
+        raise DataError(
+            f"data.manual_dir {manual_dir!r} does not exist; point --config.data.manual_dir at the folder "
+            f"with the {name} archives"
+        )
 
 
 def _prepare(builder: tfds.core.DatasetBuilder, config) -> None:
@@ -51,13 +64,9 @@ def _prepare(builder: tfds.core.DatasetBuilder, config) -> None:
             if not tfds.builder(name, data_dir=data_dir).is_prepared():
                 raise
         return
-    manual_dir = config.data.manual_dir
+    manual_dir = _manual_dir(config)
     if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None) and manual_dir:
-        if not tf.io.gfile.isdir(manual_dir):
-            raise DataError(
-                f"data.manual_dir {manual_dir!r} does not exist; point --config.data.manual_dir at the folder "
-                f"with the {name} archives"
-            )
+        _require_manual_dir(manual_dir, name)
         if name == "imagenet2012":
             missing = [t for t in _ILSVRC_TARS if not tf.io.gfile.exists(os.path.join(manual_dir, t))]
             if missing:
@@ -87,9 +96,15 @@ def _prepare(builder: tfds.core.DatasetBuilder, config) -> None:
 def get_builder(config) -> tfds.core.DatasetBuilder:
     """The prepared TFDS builder for ``config.data.name`` (prepared here if needed)."""
     name, data_dir = config.data.name, _data_dir(config)
-    if data_dir and not data_dir.startswith("gs://") and name not in _SELF_BUILT and not os.path.isdir(data_dir):
-        raise DataError(f"data.data_dir {data_dir!r} does not exist; set --config.data.data_dir to the TFDS data "
-                        "folder (local or gs://)")
+    if data_dir and not is_url(data_dir) and not os.path.isdir(data_dir):
+        manual_dir = _manual_dir(config)
+        if manual_dir:
+            _require_manual_dir(manual_dir, name)
+        elif name not in _SELF_BUILT:
+            raise DataError(f"data.data_dir {data_dir!r} does not exist; set --config.data.data_dir to the TFDS "
+                            "data folder (local or gs://), or also set --config.data.manual_dir to prepare it there")
+        # First run: the dataset is prepared into it (through a symlink, into its target).
+        os.makedirs(os.path.realpath(data_dir), exist_ok=True)
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:

@@ -12,10 +12,23 @@ it). A finished step that cannot be read (truncated or garbled files) is skipped
 newest-first with a warning and moved to ``WORKDIR/checkpoints_unreadable/`` (kept,
 never deleted), so neither a rerun's save of that step nor ``max_to_keep`` rotation
 can collide with it or count it instead of a good one.
+
+Integrity: once Orbax has committed a step, process 0 writes
+``<step>/dmformer_manifest.json`` with the SHA-256 of every file of the step. A restore
+verifies it first; a mismatch (a flipped bit that still leaves the arrays readable)
+makes the step unreadable, handled as above. Steps without a manifest (written before
+manifests existed, or killed between commit and manifest) are read unverified.
+
+Failed saves: `Saver` starts Orbax's asynchronous saves and raises
+`CheckpointSaveError` at the next step boundary after one fails in the background
+(bad path, permission denied, disk full), instead of letting the run go on unsaved.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import hashlib
+import json
 import os
 from typing import Any, Callable
 
@@ -23,17 +36,24 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from dmformer_jax.errors import CheckpointError
+from dmformer_jax.errors import CheckpointError, CheckpointSaveError
+from dmformer_jax.paths import resolve
 
 STATE, META = "state", "meta"
 CHECKPOINT_SUBDIR = "checkpoints"
 UNREADABLE_SUBDIR = "checkpoints_unreadable"
 PARTIAL_MARKER = ".orbax-checkpoint-tmp"
+MANIFEST = "dmformer_manifest.json"
+MANIFEST_FORMAT = "dmformer_jax.manifest/1"
+_HASH_CHUNK = 1 << 22
 
 
 def checkpoint_dir(workdir: str) -> epath.Path:
-    """Where the checkpoints of ``workdir`` live (local path or ``gs://``)."""
-    return epath.Path(workdir) / CHECKPOINT_SUBDIR
+    """Where the checkpoints of ``workdir`` live (absolute local path, or ``gs://``).
+
+    Orbax saves only to absolute paths (a relative one fails in its save thread).
+    """
+    return epath.Path(resolve(workdir)) / CHECKPOINT_SUBDIR
 
 
 def _handlers() -> dict[str, Any]:
@@ -80,6 +100,149 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict, *, forc
         args=ocp.args.Composite(**{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}),
         force=force,
     )
+
+
+class Saver:
+    """Saves through ``mngr`` and reports a failed save at the next step boundary.
+
+    Orbax writes in a background thread and keeps its error until the manager is next
+    waited on, so a run would otherwise train on, unsaved, until it ends. Call `check`
+    every step (it returns at once while a save is running), and `wait` before the
+    process exits. After a step is committed, process 0 writes its manifest in a
+    background thread.
+    """
+
+    def __init__(self, mngr: ocp.CheckpointManager):
+        self.mngr = mngr
+        self._pending: int | None = None  # the step being written, until checked
+        self._chief = jax.process_index() == 0
+        self._hasher = concurrent.futures.ThreadPoolExecutor(1, "dmformer_manifest") if self._chief else None
+        self._manifest: tuple[int, concurrent.futures.Future] | None = None
+
+    def save(self, step: int, state: Any, meta: dict, *, force: bool = False) -> None:
+        """Starts saving ``step`` (skipped between save intervals unless ``force``).
+
+        Raises:
+          CheckpointSaveError: this save, or an earlier one, could not be written.
+        """
+        self.check()
+        self._wait_manifest()  # rotation may delete a step whose manifest is being hashed
+        try:
+            started = save(self.mngr, step, state, meta, force=force)
+        except Exception as e:  # noqa: BLE001  (synchronous saves fail here)
+            raise self._failed(step, e) from None
+        if started:
+            self._pending = step
+
+    def check(self) -> None:
+        """Raises `CheckpointSaveError` if a finished save failed; never blocks on a running one."""
+        if self._pending is not None and not self.mngr.is_saving_in_progress():
+            self._settle()
+        if self._manifest is not None and self._manifest[1].done():
+            self._wait_manifest()
+
+    def wait(self) -> None:
+        """Blocks until the current save and its manifest are written; raises if either failed."""
+        if self._pending is not None:
+            self._settle()
+        self._wait_manifest()
+
+    def close(self) -> None:
+        """Waits for what is still running (errors were, or are being, reported) and closes."""
+        try:
+            self.mngr.wait_until_finished()
+        except Exception:  # noqa: BLE001
+            pass
+        if self._hasher is not None:
+            self._hasher.shutdown(wait=True)
+        self.mngr.close()
+
+    def _settle(self) -> None:
+        step, self._pending = self._pending, None
+        try:
+            self.mngr.wait_until_finished()  # returns at once when done; re-raises its error
+        except Exception as e:  # noqa: BLE001
+            raise self._failed(step, e) from None
+        if step not in self.mngr.all_steps():
+            raise self._failed(step, RuntimeError("Orbax did not commit it"))
+        if self._chief:
+            self._manifest = (step, self._hasher.submit(write_manifest, self._step_dir(step)))
+
+    def _wait_manifest(self) -> None:
+        if self._manifest is None:
+            return
+        (step, future), self._manifest = self._manifest, None
+        try:
+            future.result()
+        except Exception as e:  # noqa: BLE001
+            raise self._failed(step, e) from None
+
+    def _step_dir(self, step: int) -> epath.Path:
+        return epath.Path(self.mngr.directory) / str(step)
+
+    def _failed(self, step: int, cause: BaseException) -> CheckpointSaveError:
+        where = os.fspath(self._step_dir(step))
+        return CheckpointSaveError(f"checkpoint step {step} could not be written to {where}: "
+                                   f"{type(cause).__name__}: {_first_line(cause)}")
+
+
+def _files(step_dir: epath.Path) -> list[str]:
+    """Relative paths of every file under ``step_dir`` except the manifest, sorted."""
+    root = os.fspath(step_dir)
+    out = []
+    for parent, _, names in _walk(root):
+        for name in names:
+            rel = os.path.relpath(os.path.join(parent, name), root)
+            if rel != MANIFEST:
+                out.append(rel)
+    return sorted(out)
+
+
+def _walk(root: str):
+    """``os.walk`` for local folders, TF's gfile walk for URLs (gs:// ...)."""
+    if "://" in root:
+        import tensorflow as tf  # late: slow to import, and only needed for remote workdirs
+
+        return tf.io.gfile.walk(root)
+    return os.walk(root)
+
+
+def _sha256(path: epath.Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(step_dir: epath.Path) -> None:
+    """Writes ``step_dir/dmformer_manifest.json``: the SHA-256 and size of every file."""
+    files = {rel: {"sha256": _sha256(step_dir / rel), "bytes": (step_dir / rel).stat().length}
+             for rel in _files(step_dir)}
+    tmp = step_dir / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps({"format": MANIFEST_FORMAT, "files": files}, indent=1))
+    tmp.rename(step_dir / MANIFEST)  # a reader never sees half a manifest
+
+
+def verify_manifest(step_dir: epath.Path) -> str | None:
+    """None when ``step_dir`` matches its manifest (or has none); else what differs."""
+    path = step_dir / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        files = json.loads(path.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as e:
+        return f"its checksum manifest {MANIFEST} is unreadable ({_first_line(e)})"
+    present = set(_files(step_dir))
+    for rel, want in sorted(files.items()):
+        if rel not in present:
+            return f"{rel} is missing (listed in {MANIFEST})"
+        if _sha256(step_dir / rel) != want["sha256"]:
+            return f"{rel} does not match its SHA-256 in {MANIFEST} (changed since it was saved)"
+    extra = sorted(present - set(files))
+    if extra:
+        return f"{extra[0]} is not in {MANIFEST} (added since it was saved)"
+    return None
 
 
 def latest_step(mngr: ocp.CheckpointManager) -> int | None:
@@ -132,6 +295,9 @@ def _read(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, model: di
       CheckpointError: the checkpoint is readable but of another model or optimizer.
     """
     directory = os.fspath(mngr.directory)
+    damage = verify_manifest(epath.Path(mngr.directory) / str(step))
+    if damage is not None:
+        return None, damage
     try:
         meta = mngr.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
         if not isinstance(meta, dict):
@@ -162,7 +328,7 @@ def _read(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, model: di
 
 def _set_aside(workdir: str, step: int) -> epath.Path:
     """Moves unreadable ``checkpoints/<step>`` to ``checkpoints_unreadable/<step>[.n]``."""
-    target_dir = epath.Path(workdir) / UNREADABLE_SUBDIR
+    target_dir = epath.Path(resolve(workdir)) / UNREADABLE_SUBDIR
     target = target_dir / str(step)
     n = 1
     while target.exists():

@@ -16,11 +16,12 @@ from typing import Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from dmformer_jax.errors import ConfigError, UserError
+from dmformer_jax.errors import CheckpointSaveError, ConfigError, UserError
 from dmformer_jax.host_memory import keep_freed_host_memory
 
 USER_ERROR_EXIT_CODE = 2
 DIVERGED_EXIT_CODE = 1
+SAVE_FAILED_EXIT_CODE = 3
 
 
 @dataclasses.dataclass
@@ -169,7 +170,8 @@ def _error(message: str, code: int) -> int:
 def main(argv: Sequence[str] | None = None, *, eval_entry: bool = False) -> int:
     """Runs training (or ``--eval_only`` evaluation); returns the exit status.
 
-    0: done; 1: diverged (NaN/Inf loss); 2: user error; 143: preempted (checkpoint saved).
+    0: done; 1: diverged (NaN/Inf loss); 2: user error; 3: a checkpoint could not be
+    written (earlier ones are kept); 143: preempted (checkpoint saved).
     """
     # Before JAX starts its CPU client: keep each step's freed host memory mapped
     # (no-op on GPU/TPU hosts; see dmformer_jax/host_memory.py).
@@ -190,6 +192,8 @@ def main(argv: Sequence[str] | None = None, *, eval_entry: bool = False) -> int:
                 loop.train_and_evaluate(args.config, args.workdir)
         finally:
             shutdown_distributed(args.config)
+    except CheckpointSaveError as e:
+        return _error(_one_line(e), SAVE_FAILED_EXIT_CODE)
     except UserError as e:
         return _error(_one_line(e), USER_ERROR_EXIT_CODE)
     except TrainingDivergedError as e:
@@ -201,7 +205,21 @@ def main(argv: Sequence[str] | None = None, *, eval_entry: bool = False) -> int:
     return 0
 
 
+def exit_process(code: int) -> None:
+    """Ends the process with ``code`` (what ``train.py`` does with `main`'s status).
+
+    After a failed save Orbax leaves threads that wait up to 300 s for signals of the
+    step that never came; the interpreter would join them before exiting. The error is
+    printed and earlier checkpoints are complete, so exit without waiting for them.
+    """
+    if code == SAVE_FAILED_EXIT_CODE:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def run() -> None:
-    """Console entry point: ``sys.exit(main())``."""
+    """Console entry point: `exit_process` of `main`."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.exit(main())
+    exit_process(main())

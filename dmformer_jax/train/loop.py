@@ -22,6 +22,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from dmformer_jax.errors import CheckpointError, ConfigError
+from dmformer_jax.paths import resolve
 from dmformer_jax.train import checkpoint as ckpt
 from dmformer_jax.train import mesh as mesh_lib
 from dmformer_jax.train import optim
@@ -116,6 +117,22 @@ def validate_config(config: ml_collections.ConfigDict, *, device_count: int, pro
         raise ConfigError(f"config.optim.grad_clip_norm={config.optim.grad_clip_norm} must be positive or None")
     if config.model.dtype not in state_lib.DTYPES:
         raise ConfigError(f"config.model.dtype={config.model.dtype!r}; use one of {sorted(state_lib.DTYPES)}")
+
+
+# Config fields that hold a user-typed path (made absolute, URLs kept; see paths.py).
+CONFIG_PATH_FIELDS = ("init_from", "data.data_dir", "data.manual_dir")
+
+
+def resolve_config_paths(config: ml_collections.ConfigDict) -> None:
+    """Makes every set path field of ``config`` (`CONFIG_PATH_FIELDS`) absolute, in place,
+    so the checkpointed config means the same from any working directory."""
+    for key in CONFIG_PATH_FIELDS:
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part)
+        if node is not None and node.get(leaf):
+            node[leaf] = resolve(node[leaf])
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -253,6 +270,8 @@ def train_and_evaluate(
       Preempted: SIGTERM; the current step was checkpointed.
     """
     data = _data_module(data)
+    workdir = resolve(workdir)
+    resolve_config_paths(config)
     validate_config(config, device_count=jax.device_count(), process_count=jax.process_count())
     info = data.dataset_info(config)
     s = _setup(config, info.num_classes, info.num_train_examples)
@@ -262,17 +281,18 @@ def train_and_evaluate(
     # Restore (or initialise) before the manager exists: every checkpoint or init_from
     # error is raised before anything in the workdir is created or changed.
     state, start = _restore_or_init(config, workdir, s)
-    mngr = ckpt.make_manager(
+    saver = ckpt.Saver(ckpt.make_manager(
         workdir,
         max_to_keep=int(config.keep_checkpoints),
         save_interval_steps=int(config.checkpoint_every_steps),
         async_checkpointing=bool(config.async_checkpointing),
-    )
+    ))
     try:
-        return _train(config, workdir, data, info, s, mngr, state_sharding, total, state, start)
+        result = _train(config, workdir, data, info, s, saver, state_sharding, total, state, start)
+        saver.wait()  # the final save: its failure is an error, not a warning at exit
+        return result
     finally:
-        mngr.wait_until_finished()
-        mngr.close()
+        saver.close()
 
 
 def _restore_or_init(config, workdir: str, s: _Setup) -> tuple[Any, int]:
@@ -295,7 +315,7 @@ def _restore_or_init(config, workdir: str, s: _Setup) -> tuple[Any, int]:
     return state, 0
 
 
-def _train(config, workdir, data, info, s: _Setup, mngr, state_sharding, total, state, start) -> RunResult:
+def _train(config, workdir, data, info, s: _Setup, saver: ckpt.Saver, state_sharding, total, state, start) -> RunResult:
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
     log(
         f"{config.model.name} ({num_params:,} params, {config.model.dtype}) on {info.name}: "
@@ -349,7 +369,7 @@ def _train(config, workdir, data, info, s: _Setup, mngr, state_sharding, total, 
         fetched = jax.device_get([m for _, m in pending])
         for (step, _), m in zip(pending, fetched):
             if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
-                good = ckpt.latest_step(mngr)
+                good = ckpt.latest_step(saver.mngr)
                 raise TrainingDivergedError(
                     f"loss is {float(m['loss'])} at step {step}; the last good checkpoint "
                     f"(step {good}) is kept in {ckpt.checkpoint_dir(workdir)}; lower "
@@ -390,13 +410,14 @@ def _train(config, workdir, data, info, s: _Setup, mngr, state_sharding, total, 
                 writer.write(step, "train", {**mean, "img_per_sec": img_s})
                 t_last, step_last = now, step
 
+            saver.check()  # a save that failed in the background stops the run here
             preempted = sigterm.preempted(step)
             final = step == stop_at
             if preempted or final or step % config.checkpoint_every_steps == 0:
                 check_pending()  # never write a NaN state
-                ckpt.save(mngr, step, state, meta(step), force=True)
+                saver.save(step, state, meta(step), force=True)
             if preempted:
-                mngr.wait_until_finished()
+                saver.wait()
                 writer.close()
                 raise Preempted(step, workdir)
             if step % config.eval_every_steps == 0 and step < total:
@@ -426,9 +447,11 @@ def evaluate_checkpoint(
     ``data.data_dir`` or ``eval_batch_size``; the model fields must match).
     """
     data = _data_module(data)
+    workdir = resolve(workdir)
     meta, step = ckpt.read_meta(workdir, step)
     if config is None:
         config = ml_collections.ConfigDict(meta["config"])
+    resolve_config_paths(config)
     validate_config(config, device_count=jax.device_count(), process_count=jax.process_count())
     info = data.dataset_info(config)
     if info.num_classes != meta["num_classes"]:
