@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 def ilsvrc(tmp_path_factory):
     root = tmp_path_factory.mktemp("ilsvrc")
     written = write_tiny_ilsvrc(root / "manual", images_per_class=3, val_images=4, size=40, garbled=1)
-    (root / "data").mkdir()
+    # data_dir does not exist yet: with manual_dir set, the first run creates it.
     config = get_base_config()
     config.model.name = "dmformer_tiny_test"
     config.data.data_dir = str(root / "data")

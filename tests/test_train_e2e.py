@@ -50,7 +50,8 @@ def env(tmp_path_factory):
     e.update(
         JAX_PLATFORMS="cpu",
         TF_CPP_MIN_LOG_LEVEL="2",
-        JAX_COMPILATION_CACHE_DIR=str(root / "xla_cache"),
+        # The session's shared cache (tests/conftest.py) when there is one.
+        JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(root / "xla_cache"),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
         PYTHONPATH=REPO,

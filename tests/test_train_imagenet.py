@@ -19,12 +19,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_imagenet_recipe_trains_and_evaluates(tmp_path):
     written = write_tiny_ilsvrc(tmp_path / "manual", images_per_class=3, val_images=4, size=40)
     workdir = tmp_path / "run"
-    (tmp_path / "tfds").mkdir()
+    data_dir = tmp_path / "new" / "tfds"  # not there yet: the first-run flow creates it
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO,
                XLA_FLAGS="--xla_force_host_platform_device_count=8")
     cmd = [
         sys.executable, "train.py", "--config", "configs/dmformer_s.py", f"--workdir={workdir}",
-        f"--config.data.manual_dir={tmp_path / 'manual'}", f"--config.data.data_dir={tmp_path / 'tfds'}",
+        f"--config.data.manual_dir={tmp_path / 'manual'}", f"--config.data.data_dir={data_dir}",
         "--config.model.name=dmformer_tiny_test", "--config.data.image_size=32",
         "--config.batch_size=8", "--config.eval_batch_size=8", "--config.num_train_steps=2",
         "--config.log_every_steps=1", "--config.data.shuffle_buffer=16",
@@ -34,6 +34,7 @@ def test_imagenet_recipe_trains_and_evaluates(tmp_path):
     out = p.stdout
     n_train = len(written["train_labels"])
     assert f"{n_train:,} train / 4 eval images, 1000 classes; 8 cpu device(s)" in out
+    assert (data_dir / "imagenet2012").is_dir()  # prepared into the data_dir it created
     assert "step 2/2" in out
     eval_line = [ln for ln in out.splitlines() if ln.startswith("eval step 2:")][0]
     assert "| 4 images |" in eval_line  # every validation image once, padding (4 of 8) masked
