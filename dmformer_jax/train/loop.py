@@ -114,8 +114,24 @@ def validate_config(config: ml_collections.ConfigDict, *, device_count: int, pro
         raise ConfigError(f"config.optim.ema_decay={decay} must be in [0, 1) (e.g. 0.9999), or None for no EMA")
     if config.optim.grad_clip_norm is not None and config.optim.grad_clip_norm <= 0:
         raise ConfigError(f"config.optim.grad_clip_norm={config.optim.grad_clip_norm} must be positive or None")
-    if config.model.dtype not in state_lib.DTYPES:
-        raise ConfigError(f"config.model.dtype={config.model.dtype!r}; use one of {sorted(state_lib.DTYPES)}")
+    if state_lib.resolve_dtype(config.model.dtype) not in state_lib.DTYPES:
+        raise ConfigError(
+            f"config.model.dtype={config.model.dtype!r}; use one of {sorted(state_lib.DTYPES) + ['auto']}"
+        )
+
+
+def check_multiprocess() -> None:
+    """Raises `ConfigError` when several processes run without JAX's distributed client.
+
+    libtpu forms a multi-host slice by itself, but Orbax's multi-process checkpoints and
+    JAX's preemption notice need ``jax.distributed.initialize()``.
+    """
+    if jax.process_count() > 1 and not jax.distributed.is_initialized():
+        raise ConfigError(
+            f"{jax.process_count()} processes but jax.distributed is not initialised (checkpoints "
+            "and preemption need it); run with --config.distributed=auto (the default) or True, "
+            "and set config.coordinator_address/num_processes/process_id if JAX cannot detect the cluster"
+        )
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -126,7 +142,7 @@ def checkpoint_meta(
 ) -> dict[str, Any]:
     """The JSON item saved with every checkpoint: enough to rebuild the model."""
     kwargs = state_lib.model_kwargs(config)
-    kwargs["dtype"] = config.model.dtype
+    kwargs["dtype"] = state_lib.resolve_dtype(config.model.dtype)  # what this run computes in
     variant = state_lib.get_variant(config.model.name)
     crop_pct = config.data.crop_pct if config.data.crop_pct is not None else variant.crop_pct
     import json
@@ -234,6 +250,11 @@ def _setup(config: ml_collections.ConfigDict, num_classes: int, num_train_exampl
     return _Setup(model, tx, schedule, plan, mesh, abstract, num_classes)
 
 
+def _transfer_dtype(data: ModuleType, config) -> str:
+    """How images travel to the device: ``'uint8'`` (normalised there) or ``'float32'``."""
+    return getattr(data, "transfer_dtype", lambda c: "float32")(config)
+
+
 def _state_sharding(abstract_state: Any) -> Any:
     return jax.tree.map(lambda s: s.sharding, abstract_state)
 
@@ -253,6 +274,7 @@ def train_and_evaluate(
       Preempted: SIGTERM; the current step was checkpointed.
     """
     data = _data_module(data)
+    check_multiprocess()
     validate_config(config, device_count=jax.device_count(), process_count=jax.process_count())
     info = data.dataset_info(config)
     s = _setup(config, info.num_classes, info.num_train_examples)
@@ -279,7 +301,10 @@ def _restore_or_init(config, workdir: str, s: _Setup) -> tuple[Any, int]:
     """``(state, start_step)``: the newest readable checkpoint, else a fresh (or
     ``init_from``) state. Unreadable newer checkpoints are skipped with a warning."""
     model_meta = checkpoint_meta(config, s.num_classes, 0)["model"]
-    restored = ckpt.restore_latest(workdir, s.abstract_state, model=model_meta, log=log)
+    restored = ckpt.restore_latest(
+        workdir, s.abstract_state, model=model_meta, log=log,
+        read_attempts=int(config.get("checkpoint_read_attempts", 3)),
+    )
     if restored is not None:
         state, _, start = restored
         log(f"resuming from checkpoint step {start} in {ckpt.checkpoint_dir(workdir)}")
@@ -298,7 +323,8 @@ def _restore_or_init(config, workdir: str, s: _Setup) -> tuple[Any, int]:
 def _train(config, workdir, data, info, s: _Setup, mngr, state_sharding, total, state, start) -> RunResult:
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
     log(
-        f"{config.model.name} ({num_params:,} params, {config.model.dtype}) on {info.name}: "
+        f"{config.model.name} ({num_params:,} params, {state_lib.resolve_dtype(config.model.dtype)} compute, "
+        f"{_transfer_dtype(data, config)} input) on {info.name}: "
         f"{info.num_train_examples:,} train / {info.num_eval_examples:,} eval images, "
         f"{info.num_classes} classes; {jax.device_count()} {jax.default_backend()} device(s), "
         f"{jax.process_count()} process(es); global batch {config.batch_size}; "
@@ -308,9 +334,11 @@ def _train(config, workdir, data, info, s: _Setup, mngr, state_sharding, total, 
     train_step = step_lib.make_train_step(
         s.model, s.tx, s.schedule, s.mesh, state_sharding,
         grad_accum_steps=int(config.optim.grad_accum_steps), ema_decay=config.optim.ema_decay,
+        mean=config.data.mean, std=config.data.std,
     )
     eval_step = step_lib.make_eval_step(
-        s.model, s.mesh, state_sharding, use_ema=config.optim.ema_decay is not None
+        s.model, s.mesh, state_sharding, use_ema=config.optim.ema_decay is not None,
+        mean=config.data.mean, std=config.data.std,
     )
     writer = MetricsWriter(workdir)
     meta = lambda step: checkpoint_meta(config, s.num_classes, step)  # noqa: E731
@@ -429,6 +457,7 @@ def evaluate_checkpoint(
     meta, step = ckpt.read_meta(workdir, step)
     if config is None:
         config = ml_collections.ConfigDict(meta["config"])
+    check_multiprocess()
     validate_config(config, device_count=jax.device_count(), process_count=jax.process_count())
     info = data.dataset_info(config)
     if info.num_classes != meta["num_classes"]:
@@ -443,7 +472,8 @@ def evaluate_checkpoint(
     finally:
         mngr.close()
     eval_step = step_lib.make_eval_step(
-        s.model, s.mesh, _state_sharding(s.abstract_state), use_ema=config.optim.ema_decay is not None
+        s.model, s.mesh, _state_sharding(s.abstract_state), use_ema=config.optim.ema_decay is not None,
+        mean=config.data.mean, std=config.data.std,
     )
     metrics = run_evaluation(config, state, eval_step, s.mesh, data)
     log(

@@ -1,0 +1,231 @@
+"""Pod readiness (issue 11): distributed start-up, one restore decision for all
+processes, non-blocking metrics, mixed precision / uint8 input, start-up options.
+
+The multi-process tests run small standalone workers (gloo collectives on CPU)
+instead of train.py where the trainer's compiled step is not what is being tested.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker_env(devices: int = 1) -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO,
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    for key in [k for k in env if k.startswith(("SLURM_", "OMPI_"))]:
+        del env[key]
+    return env
+
+
+# ----------------------------------------------------------------------------- restore
+
+
+@pytest.mark.slow
+def test_restore_decision_is_process_0s(tmp_path):
+    """A read fault on one process only never splits the processes' restored step."""
+    port = _free_port()
+    procs = [
+        subprocess.Popen([sys.executable, "tests/restore_fault_worker.py", str(i), str(port), str(tmp_path)],
+                         cwd=REPO, env=_worker_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)
+    ]
+    try:
+        outs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+    results = [dict((ln.split()[1], ln.split()[2:]) for ln in out.splitlines() if ln.startswith("RESULT "))
+               for out in outs]
+    # Both processes: transient fault on process 1 retried -> newest step for everyone.
+    for r in results:
+        assert r["transient"] == ["step=2", "2.0"], results
+        # process 1 can never read what process 0 chose: everyone stops, nothing moved.
+        assert r["persistent"][0] == "CheckpointError", results
+        # process 0 cannot read step 2: everyone resumes from step 1 (process 0's choice).
+        assert r["chief"] == ["step=1", "1.0"], results
+    assert "unreadable on process(es) [1]" in outs[0]
+    assert os.path.isdir(tmp_path / "persistent" / "checkpoints" / "2")
+    assert os.path.isdir(tmp_path / "chief" / "checkpoints_unreadable" / "2")
+    assert not os.path.exists(tmp_path / "chief" / "checkpoints" / "2")
+
+
+# ----------------------------------------------------------------------------- start-up
+
+
+def _cluster_config(**fields):
+    import ml_collections
+
+    base = dict(distributed="auto", coordinator_address=None, num_processes=None, process_id=None)
+    base.update(fields)
+    return ml_collections.ConfigDict(base)
+
+
+SLURM_ENV = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "2", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+             "SLURM_STEP_NODELIST": "localhost"}
+
+
+def test_distributed_auto_detects_slurm_and_open_mpi(monkeypatch):
+    from dmformer_jax.errors import ConfigError
+    from dmformer_jax.train import cli
+
+    for key in [k for k in os.environ if k.startswith(("SLURM_", "OMPI_"))]:
+        monkeypatch.delenv(key)
+    assert cli.detected_cluster() is None
+    calls = []
+    monkeypatch.setattr("jax.distributed.initialize", lambda **kw: calls.append(kw))
+    assert cli.init_distributed(_cluster_config()) is False  # one plain process: nothing to join
+    for key, value in SLURM_ENV.items():
+        monkeypatch.setenv(key, value)
+    assert cli.detected_cluster() == "SLURM"
+    assert cli.init_distributed(_cluster_config()) is True
+    assert cli.init_distributed(_cluster_config(distributed="False")) is False  # explicit off wins
+    for key in SLURM_ENV:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("OMPI_MCA_orte_hnp_uri", "1531576320.0;tcp://10.96.0.1:34911")
+    assert cli.detected_cluster() == "Open MPI"
+    monkeypatch.delenv("OMPI_MCA_orte_hnp_uri")
+    # cluster fields given by hand: initialise even without a detected cluster
+    assert cli.init_distributed(_cluster_config(coordinator_address="h:1", num_processes=2, process_id=0)) is True
+    assert len(calls) == 2
+    with pytest.raises(ConfigError, match="config.distributed='sometimes'"):
+        cli.distributed_mode(_cluster_config(distributed="sometimes"))
+
+
+def test_processes_without_distributed_client_is_one_line_error(monkeypatch):
+    """A libtpu multi-host slice started without jax.distributed: one error line."""
+    from dmformer_jax.errors import ConfigError
+    from dmformer_jax.train import loop
+
+    monkeypatch.setattr("jax.process_count", lambda: 4)
+    monkeypatch.setattr("jax.distributed.is_initialized", lambda: False)
+    with pytest.raises(ConfigError) as e:
+        loop.check_multiprocess()
+    message = str(e.value)
+    assert "\n" not in message and "4 processes" in message and "--config.distributed=auto" in message
+    monkeypatch.setattr("jax.distributed.is_initialized", lambda: True)
+    loop.check_multiprocess()
+
+
+# ----------------------------------------------------------------------------- precision
+
+
+def test_device_normalisation_equals_host():
+    import jax.numpy as jnp
+    import tensorflow as tf
+
+    from configs.common import IMAGENET_MEAN, IMAGENET_STD
+    from dmformer_jax.data import augment as aug
+    from dmformer_jax.train.step import normalize_images
+
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    host = aug.normalize(tf.constant(pixels), IMAGENET_MEAN, IMAGENET_STD).numpy()
+    device = np.asarray(normalize_images(jnp.asarray(pixels), IMAGENET_MEAN, IMAGENET_STD))
+    assert device.dtype == np.float32
+    np.testing.assert_allclose(device, host, atol=1e-6, rtol=0)
+    same = jnp.asarray(host)  # already-normalised float input passes through
+    assert normalize_images(same, IMAGENET_MEAN, IMAGENET_STD) is same
+
+
+@pytest.mark.parametrize("name", ["dmformer_t", "dmformer_s", "dmformer_l"])
+def test_imagenet_configs_resolve_auto_per_backend(name, monkeypatch):
+    import importlib
+
+    import jax
+
+    from dmformer_jax.data.pipeline import transfer_dtype
+    from dmformer_jax.train import state as state_lib
+
+    config = importlib.import_module(f"configs.{name}").get_config()
+    assert config.model.dtype == "auto" and config.data.transfer_dtype == "auto"
+    assert state_lib.resolve_dtype(config.model.dtype, "tpu") == "bfloat16"
+    assert state_lib.resolve_dtype(config.model.dtype, "gpu") == "bfloat16"
+    assert state_lib.resolve_dtype(config.model.dtype, "cpu") == "float32"
+    assert transfer_dtype(config) == "float32"  # this test runs on CPU
+    assert state_lib.build_model(config, 10).dtype == jax.numpy.float32
+    monkeypatch.setattr("jax.default_backend", lambda: "tpu")
+    assert transfer_dtype(config) == "uint8"
+    assert state_lib.build_model(config, 10).dtype == jax.numpy.bfloat16
+    param_dtype = state_lib.build_model(config, 10).param_dtype
+    assert param_dtype == jax.numpy.float32  # parameters stay float32
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory):
+    import dmformer_jax.data as data
+
+    path = str(tmp_path_factory.mktemp("tfds"))
+    data.dataset_info(_digits_config(path))  # prepare once
+    return path
+
+
+def _digits_config(data_dir, transfer="float32", **augment):
+    from configs.common import get_base_config
+
+    config = get_base_config()
+    config.model.name = "dmformer_tiny_test"
+    config.data.name = "dmformer_digits"
+    config.data.data_dir = data_dir
+    config.data.image_size = 32
+    config.data.shuffle_buffer = 64
+    config.data.transfer_dtype = transfer
+    config.batch_size = 8
+    config.eval_batch_size = 64  # 300 eval images: the last batch is padded
+    for key, value in augment.items():
+        config.augment[key] = value
+    return config
+
+
+def test_uint8_transfer_equals_host_normalisation(digits_dir):
+    """uint8 batches normalised on the device equal the float32 pipeline's (<= 1e-6),
+    eval padding and masks included, and train batches without mixing/erasing."""
+    import dmformer_jax.data as data
+    from configs.common import IMAGENET_MEAN, IMAGENET_STD
+    from dmformer_jax.train.step import normalize_images
+
+    def norm(x):
+        assert x.dtype == np.uint8
+        return np.asarray(normalize_images(x, IMAGENET_MEAN, IMAGENET_STD))
+
+    f32, u8 = _digits_config(digits_dir), _digits_config(digits_dir, "uint8")
+    evals = [list(data.make_eval_iterator(c, process_index=0, process_count=1)) for c in (f32, u8)]
+    assert len(evals[0]) == len(evals[1]) == 5
+    for a, b in zip(*evals):
+        np.testing.assert_array_equal(a["mask"], b["mask"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+        real = a["mask"]  # padding rows are masked out (zeros of either dtype)
+        np.testing.assert_allclose(norm(b["image"])[real], a["image"][real], atol=1e-6, rtol=0)
+    assert not evals[1][-1]["mask"].all() and not evals[1][-1]["image"][~evals[1][-1]["mask"]].any()
+
+    plain = dict(mixup_alpha=0.0, cutmix_alpha=0.0, random_erasing=0.0)  # RandAugment stays on
+    f32, u8 = _digits_config(digits_dir, **plain), _digits_config(digits_dir, "uint8", **plain)
+    trains = [data.make_train_iterator(c, start_step=3, process_index=0, process_count=1) for c in (f32, u8)]
+    for _ in range(2):
+        a, b = next(trains[0]), next(trains[1])
+        np.testing.assert_array_equal(a["label"], b["label"])
+        np.testing.assert_allclose(norm(b["image"]), a["image"], atol=1e-6, rtol=0)
+
+    # Full recipe: the same batches, mixup blends rounded to whole pixel levels.
+    f32, u8 = _digits_config(digits_dir, random_erasing=0.0), _digits_config(digits_dir, "uint8", random_erasing=0.0)
+    a = next(data.make_train_iterator(f32, start_step=5, process_index=0, process_count=1))
+    b = next(data.make_train_iterator(u8, start_step=5, process_index=0, process_count=1))
+    np.testing.assert_array_equal(a["label"], b["label"])
+    level = 1 / 255 / min(IMAGENET_STD)  # one pixel level, normalised
+    np.testing.assert_allclose(norm(b["image"]), a["image"], atol=0.5 * level + 1e-5, rtol=0)
