@@ -96,6 +96,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.checkpoint_read_attempts = 3
     config.eval_every_steps = 5000
     config.log_every_steps = 50
+    # metrics.jsonl / TensorBoard are written by a background thread of process 0; every
+    # this many seconds TensorBoard is flushed and, on a gs:// workdir, the new records
+    # are uploaded as one new file (metrics.jsonl.parts/), so no write blocks a step.
+    config.log_flush_secs = 60.0
     config.eval_batch_size = ml_collections.FieldReference(None, field_type=int)  # None: batch_size
     config.init_from = ml_collections.FieldReference(None, field_type=str)  # checkpoint to fine-tune from
     config.reset_head = False

@@ -229,3 +229,70 @@ def test_uint8_transfer_equals_host_normalisation(digits_dir):
     np.testing.assert_array_equal(a["label"], b["label"])
     level = 1 / 255 / min(IMAGENET_STD)  # one pixel level, normalised
     np.testing.assert_allclose(norm(b["image"]), a["image"], atol=0.5 * level + 1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def _wait_uploads(writer, n, timeout=30.0):
+    import time
+
+    deadline = time.time() + timeout
+    while len(writer.uploads) < n:
+        assert time.time() < deadline, writer.uploads
+        time.sleep(0.01)
+
+
+def test_remote_metrics_never_rewrite_and_plot(tmp_path):
+    """On a non-local TF file system (ram://) each upload holds only the new records:
+    the bytes written per record stay the same however long the run; read_metrics and
+    the plot command read it back."""
+    import tensorflow as tf
+
+    from dmformer_jax import plot
+    from dmformer_jax.train.logger import MetricsWriter, read_metrics
+
+    workdir = f"ram://pod_metrics_{os.getpid()}/run"
+    writer = MetricsWriter(workdir, flush_secs=3600)
+    metrics = {"loss": 1.25, "top1": 0.5, "lr": 1e-3, "grad_norm": 2.0, "img_per_sec": 100.0}
+    for step in range(1, 41):
+        writer.write(step, "train", metrics)
+        writer.flush()  # one upload per record: the worst case for growth
+    writer.write(41, "eval", {"loss": 1.0, "top1": 0.6, "top5": 0.9})
+    writer.close()
+    # Every upload is one record (~140 bytes; the digits of the step and time vary a
+    # little): re-writing the whole file would make the 40th upload ~40x the first.
+    assert len(writer.uploads) == 41
+    train = writer.uploads[:40]
+    assert max(train) - min(train) <= 8, writer.uploads
+    records = read_metrics(workdir)
+    assert [r["step"] for r in records] == list(range(1, 42)) and records[-1]["split"] == "eval"
+    assert tf.io.gfile.listdir(workdir + "/tensorboard")
+
+    # A resumed run on the same workdir continues the part numbering.
+    writer = MetricsWriter(workdir, flush_secs=3600)
+    writer.write(42, "train", metrics)
+    writer.close()
+    assert [r["step"] for r in read_metrics(workdir)] == list(range(1, 43))
+
+    out = plot.plot_run(workdir)
+    assert out == workdir + "/curves.png"
+    assert tf.io.gfile.GFile(out, "rb").read()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_metrics_write_does_not_wait_for_storage(tmp_path, monkeypatch):
+    """A slow file system delays the writer thread, never `write` (the training thread)."""
+    import time
+
+    from dmformer_jax.train import logger
+
+    writer = logger.MetricsWriter(str(tmp_path), flush_secs=3600)
+    real = writer._record
+    monkeypatch.setattr(writer, "_record", lambda *a: (time.sleep(0.1), real(*a)))
+    t0 = time.perf_counter()
+    for step in range(10):
+        writer.write(step, "train", {"loss": 1.0})
+    elapsed = time.perf_counter() - t0
+    writer.close()
+    assert elapsed < 0.09, elapsed  # 10 writes at 0.1 s each take 1 s when blocking
+    assert [r["step"] for r in logger.read_metrics(str(tmp_path))] == list(range(10))

@@ -340,7 +340,7 @@ def _train(config, workdir, data, info, s: _Setup, mngr, state_sharding, total, 
         s.model, s.mesh, state_sharding, use_ema=config.optim.ema_decay is not None,
         mean=config.data.mean, std=config.data.std,
     )
-    writer = MetricsWriter(workdir)
+    writer = MetricsWriter(workdir, flush_secs=float(config.get("log_flush_secs", 60.0)))
     meta = lambda step: checkpoint_meta(config, s.num_classes, step)  # noqa: E731
     stop_at = min(total, int(config.stop_at_step)) if config.stop_at_step is not None else total
 
@@ -357,7 +357,9 @@ def _train(config, workdir, data, info, s: _Setup, mngr, state_sharding, total, 
     eval_metrics = None
     if start >= total:
         log(f"already trained: step {start} >= {total}")
-        return RunResult(start, evaluate(start) if config.eval_at_end else None)
+        result = RunResult(start, evaluate(start) if config.eval_at_end else None)
+        writer.close()
+        return result
 
     iterator: Iterator = data.make_train_iterator(
         config, start_step=start, process_index=jax.process_index(), process_count=jax.process_count()
