@@ -296,3 +296,167 @@ def test_metrics_write_does_not_wait_for_storage(tmp_path, monkeypatch):
     writer.close()
     assert elapsed < 0.09, elapsed  # 10 writes at 0.1 s each take 1 s when blocking
     assert [r["step"] for r in logger.read_metrics(str(tmp_path))] == list(range(10))
+
+
+# ----------------------------------------------------------------------------- start-up speed
+
+
+def test_compilation_cache_and_host_options(monkeypatch, tmp_path):
+    import jax
+
+    from configs.common import get_base_config
+    from dmformer_jax.data import pipeline
+    from dmformer_jax.train import loop
+
+    config = get_base_config()
+    assert config.device_prefetch == 2 and config.compilation_cache_dir is None
+    before = jax.config.jax_compilation_cache_dir
+    assert loop.enable_compilation_cache(config) is None  # None leaves JAX's setting alone
+    assert jax.config.jax_compilation_cache_dir == before
+    config.compilation_cache_dir = str(tmp_path / "xla")
+    try:
+        assert loop.enable_compilation_cache(config) == str(tmp_path / "xla")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+
+    cpu = pipeline._options(config)  # this test runs on CPU: TF keeps its defaults
+    assert cpu.threading.private_threadpool_size is None and cpu.threading.max_intra_op_parallelism is None
+    monkeypatch.setattr("jax.default_backend", lambda: "tpu")
+    tpu = pipeline._options(config)
+    assert tpu.threading.private_threadpool_size == 48 and tpu.threading.max_intra_op_parallelism == 1
+    assert tpu.deterministic
+
+
+# ----------------------------------------------------------------------------- rehearsal
+
+REHEARSAL_STEPS = 40
+# The pod recipe (configs/dmformer_s.py: RandAugment, mixup/cutmix, random erasing,
+# label smoothing, AdamW, cosine) with a tiny model, 32x32 digits and a small batch.
+REHEARSAL = [
+    "--config", "configs/dmformer_s.py",
+    "--config.model.name=dmformer_tiny_test", "--config.data.name=dmformer_digits",
+    "--config.data.image_size=32", "--config.data.shuffle_buffer=64",
+    "--config.batch_size=16", "--config.eval_batch_size=16",
+    f"--config.num_train_steps={REHEARSAL_STEPS}", "--config.optim.warmup_epochs=0.0",
+    "--config.log_every_steps=1", "--config.checkpoint_every_steps=1000",
+    "--config.eval_every_steps=1000", "--config.eval_at_end=False",
+    "--config.log_all_processes=True",
+]
+PROCESSES, DEVICES_PER_PROCESS = 4, 2
+
+
+class _Pod:
+    """4 train.py processes x 2 CPU devices (gloo), outputs read by threads."""
+
+    def __init__(self, env, workdir):
+        import threading
+
+        from subprocess_runs import train_cmd
+
+        port = _free_port()
+        e = dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}")
+        for key in [k for k in e if k.startswith(("SLURM_", "OMPI_"))]:
+            del e[key]
+        self.procs, self.lines, self.threads = [], [], []
+        for i in range(PROCESSES):
+            cmd = train_cmd(env, workdir, f"--config.coordinator_address=127.0.0.1:{port}",
+                            f"--config.num_processes={PROCESSES}", f"--config.process_id={i}", base=REHEARSAL)
+            p = subprocess.Popen(cmd, cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True, bufsize=1)
+            lines: list[str] = []
+            t = threading.Thread(target=lambda p=p, lines=lines: [lines.append(ln) for ln in p.stdout], daemon=True)
+            t.start()
+            self.procs.append(p)
+            self.lines.append(lines)
+            self.threads.append(t)
+
+    def wait_for(self, process, prefix, timeout=600):
+        import time
+
+        deadline = time.time() + timeout
+        while not any(ln.startswith(prefix) for ln in self.lines[process]):
+            assert time.time() < deadline and self.procs[process].poll() is None, "".join(self.lines[process])[-3000:]
+            time.sleep(0.05)
+
+    def finish(self, timeout=600):
+        try:
+            codes = [p.wait(timeout=timeout) for p in self.procs]
+        finally:
+            for p in self.procs:
+                if p.poll() is None:
+                    p.kill()
+        for t in self.threads:
+            t.join(timeout=30)
+        return codes
+
+    def text(self, i):
+        return "".join(self.lines[i])
+
+    def step_lines(self, i):
+        """``step s/T (..) | loss | top1 | lr | grad_norm`` of process i (without the
+        timing fields, which differ between hosts)."""
+        prefix = "" if i == 0 else f"[process {i}] "
+        out = []
+        for ln in self.lines[i]:
+            if ln.startswith(prefix + "step "):
+                out.append(ln[len(prefix):].split(" | ")[:5])
+        return out
+
+
+@pytest.mark.slow
+def test_pod_rehearsal_4_processes_preempt_one_resume(tmp_path_factory):
+    """4 processes x 2 devices on the dmformer_s recipe: SIGTERM to ONE process makes
+    all save the same step and exit 143; the rerun ends with the state of an
+    uninterrupted run; every host logs the same steps and metrics; only process 0
+    writes metrics and TensorBoard files."""
+    import signal
+
+    from subprocess_runs import assert_same_state, final_state, session_env
+
+    env = session_env(tmp_path_factory.getbasetemp())
+    full, interrupted = tmp_path_factory.mktemp("pod_full"), tmp_path_factory.mktemp("pod_preempted")
+
+    pod = _Pod(env, full)
+    assert pod.finish() == [0] * PROCESSES, pod.text(0)[-3000:]
+    assert f"8 cpu device(s), {PROCESSES} process(es)" in pod.text(0)
+    reference = pod.step_lines(0)
+    assert [int(s[0].split()[1].split("/")[0]) for s in reference] == list(range(1, REHEARSAL_STEPS + 1))
+    for i in range(1, PROCESSES):
+        assert pod.step_lines(i) == reference, f"process {i} logged other steps/metrics"
+
+    pod = _Pod(env, interrupted)
+    pod.wait_for(0, "step 3/")
+    pod.procs[2].send_signal(signal.SIGTERM)  # one host gets the preemption notice
+    assert pod.finish() == [143] * PROCESSES, [pod.text(i)[-1500:] for i in range(PROCESSES)]
+    stopped = set()
+    for i in range(PROCESSES):
+        found = [ln for ln in pod.lines[i] if ln.startswith("preempted at step ")]
+        assert found, pod.text(i)[-2000:]
+        stopped.add(int(found[0].split("preempted at step ")[1].split(":")[0]))
+    assert len(stopped) == 1, stopped  # every process saved the same step
+    (stop,) = stopped
+    assert 3 <= stop < REHEARSAL_STEPS
+    step, state, _ = final_state(interrupted)
+    assert step == stop == int(state["step"])
+
+    pod = _Pod(env, interrupted)
+    assert pod.finish() == [0] * PROCESSES, pod.text(0)[-3000:]
+    assert f"resuming from checkpoint step {stop}" in pod.text(0)
+    for i in range(1, PROCESSES):
+        assert f"[process {i}] resuming from checkpoint step {stop}" in pod.text(i)
+        assert pod.step_lines(i) == pod.step_lines(0)
+    assert pod.step_lines(0) == reference[stop:]  # same losses as the uninterrupted run
+
+    _, a, _ = final_state(full)
+    _, b, _ = final_state(interrupted)
+    for key in ("params", "batch_stats", "opt_state"):
+        assert_same_state(a[key], b[key], atol=1e-6)
+
+    # Files: metrics once per step, TensorBoard from process 0 only.
+    from dmformer_jax.train.logger import read_metrics
+
+    steps = [r["step"] for r in read_metrics(str(full)) if r["split"] == "train"]
+    assert steps == list(range(1, REHEARSAL_STEPS + 1))
+    events = os.listdir(full / "tensorboard")
+    assert len({name.split(".")[-3] for name in events}) == 1, events  # one writer pid

@@ -166,6 +166,7 @@ def test_two_processes_match_one(env, uninterrupted, tmp_path):
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, out[-2000:] + err[-3000:]
     assert "4 cpu device(s), 2 process(es)" in outs[0][0]
+    assert "compiled the train step in" in outs[0][0]  # ahead of time, at start-up
     assert not [ln for ln in outs[1][0].splitlines() if ln.startswith("step ")]  # process 1 logs nothing
     _, a, _ = _final_state(uninterrupted)
     _, b, _ = _final_state(workdir)

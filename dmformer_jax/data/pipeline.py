@@ -75,12 +75,8 @@ def transfer_dtype(config) -> str:
     float32 on CPU (nothing to save there; keeps the CPU numerics exact).
     """
     value = config.data.get("transfer_dtype", "float32")
-    if value == "auto":
-        import jax  # the trainer's backend decides; imported late (this module is TF-only)
-
-        from dmformer_jax.train.state import on_accelerator
-
-        return "uint8" if on_accelerator(jax.default_backend()) else "float32"
+    if value == "auto":  # the trainer's backend decides
+        return "uint8" if _accelerator_host() else "float32"
     if value not in ("uint8", "float32"):
         from dmformer_jax.errors import ConfigError
 
@@ -94,11 +90,28 @@ def _to_pixels(image: tf.Tensor, mean, std) -> tf.Tensor:
     return tf.cast(aug.to_uint8_range(pixels), tf.uint8)
 
 
-def _options() -> tf.data.Options:
+def _options(config=None) -> tf.data.Options:
     options = tf.data.Options()
     options.deterministic = True
     options.experimental_optimization.map_parallelization = True
+    if config is not None and _accelerator_host():
+        # big_vision / the Flax ImageNet example: tf.data gets its own thread pool and
+        # each op runs single-threaded (many ops in parallel beat one op on many
+        # threads). Not on CPU hosts, where XLA's compute needs the same cores.
+        d = config.data
+        if d.get("private_threadpool_size"):
+            options.threading.private_threadpool_size = int(d.private_threadpool_size)
+        if d.get("max_intra_op_parallelism"):
+            options.threading.max_intra_op_parallelism = int(d.max_intra_op_parallelism)
     return options
+
+
+def _accelerator_host() -> bool:
+    import jax
+
+    from dmformer_jax.train.state import on_accelerator
+
+    return on_accelerator(jax.default_backend())
 
 
 def _shard_records(builder: tfds.core.DatasetBuilder, split: str, seed: tf.Tensor, epoch: tf.Tensor,
@@ -222,7 +235,7 @@ def train_iterator(builder, config, *, shards: Sequence[int], num_shards: int, s
             "pos": tf.stack([p["pos"] for p in parts], axis=0),
         }
 
-    ds = tf.data.Dataset.zip(datasets).map(_graph_fn(concat)).with_options(_options()).prefetch(AUTOTUNE)
+    ds = tf.data.Dataset.zip(datasets).map(_graph_fn(concat)).with_options(_options(config)).prefetch(AUTOTUNE)
     last = np.full(len(datasets), start_step * shard_batch - 1, np.int64)
     for batch in ds.as_numpy_iterator():
         pos = batch.pop("pos")  # [num local shards, shard_batch]
@@ -258,13 +271,13 @@ def eval_iterator(builder, config, *, split: str, size: int, crop_pct: float, ba
             split=split,
             shuffle_files=False,
             decoders={"image": tfds.decode.SkipDecoding()},
-            read_config=tfds.ReadConfig(options=_options(), try_autocache=False),
+            read_config=tfds.ReadConfig(options=_options(config), try_autocache=False),
         )
         ds = ds.map(_graph_fn(decode), num_parallel_calls=AUTOTUNE, deterministic=True)
         ds = ds.ignore_errors(log_warning=True).concatenate(pad)
     else:  # more processes than eval examples: this one only pads
         ds = pad
-    ds = ds.batch(batch).take(num_batches).with_options(_options()).prefetch(AUTOTUNE)
+    ds = ds.batch(batch).take(num_batches).with_options(_options(config)).prefetch(AUTOTUNE)
     seen = 0
     for element in ds.as_numpy_iterator():
         seen += int(element["mask"].sum())

@@ -27,10 +27,22 @@ def is_chief() -> bool:
     return jax.process_index() == 0
 
 
+_LOG_ALL_PROCESSES = False
+
+
+def log_all_processes(enabled: bool) -> None:
+    """Whether every process prints `log` lines (``[process k]`` prefixed), not only 0."""
+    global _LOG_ALL_PROCESSES
+    _LOG_ALL_PROCESSES = bool(enabled)
+
+
 def log(message: str) -> None:
-    """One line on stdout from process 0, flushed at once (long runs are tailed)."""
+    """One line on stdout from process 0, flushed at once (long runs are tailed);
+    from every process, prefixed ``[process k]``, after ``log_all_processes(True)``."""
     if is_chief():
         print(message, flush=True)
+    elif _LOG_ALL_PROCESSES:
+        print(f"[process {jax.process_index()}] {message}", flush=True)
 
 
 def format_eta(seconds: float) -> str:

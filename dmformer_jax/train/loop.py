@@ -7,6 +7,7 @@ can substitute synthetic data with the same API.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import os
@@ -27,7 +28,7 @@ from dmformer_jax.train import mesh as mesh_lib
 from dmformer_jax.train import optim
 from dmformer_jax.train import state as state_lib
 from dmformer_jax.train import step as step_lib
-from dmformer_jax.train.logger import MetricsWriter, format_eta, log, progress_line
+from dmformer_jax.train.logger import MetricsWriter, format_eta, log, log_all_processes, progress_line
 
 # 128 + SIGTERM: what schedulers expect from a job that stopped because it was told to.
 PREEMPTED_EXIT_CODE = 143
@@ -255,6 +256,53 @@ def _transfer_dtype(data: ModuleType, config) -> str:
     return getattr(data, "transfer_dtype", lambda c: "float32")(config)
 
 
+def enable_compilation_cache(config) -> str | None:
+    """Turns on JAX's persistent compilation cache in ``config.compilation_cache_dir``
+    (a local folder or ``gs://...``; None leaves JAX's own settings, e.g. the
+    ``JAX_COMPILATION_CACHE_DIR`` environment variable, alone). Returns the folder."""
+    path = config.get("compilation_cache_dir")
+    if not path:
+        return None
+    if jax.config.jax_compilation_cache_dir != path:
+        jax.config.update("jax_compilation_cache_dir", path)
+        try:  # JAX decides once, at the first compile, whether a cache is used
+            from jax._src import compilation_cache
+
+            compilation_cache.reset_cache()
+        except (ImportError, AttributeError):
+            pass
+    return path
+
+
+def _ahead_of_time(jitted, *abstract_args):
+    """``(step, seconds)``: ``jitted`` compiled now for ``abstract_args``; the returned
+    function runs that executable, falling back to ``jitted`` for other argument types."""
+    t0 = time.time()
+    compiled = jitted.lower(*abstract_args).compile()
+    seconds = time.time() - t0
+
+    def step(*args):
+        try:
+            return compiled(*args)
+        except (TypeError, ValueError):  # argument types the executable was not built for
+            return jitted(*args)
+
+    return step, seconds
+
+
+def _eval_batch_spec(config, mesh, data) -> dict[str, jax.ShapeDtypeStruct]:
+    """The shapes `run_evaluation` feeds the eval step (for ahead-of-time compiling)."""
+    size = int(config.data.eval_image_size or config.data.image_size)
+    batch = eval_batch_size(config)
+    sharding = mesh_lib.batch_sharded(mesh)
+    image = np.uint8 if _transfer_dtype(data, config) == "uint8" else np.float32
+    return {
+        "image": jax.ShapeDtypeStruct((batch, size, size, 3), image, sharding=sharding),
+        "label": jax.ShapeDtypeStruct((batch,), np.int32, sharding=sharding),
+        "mask": jax.ShapeDtypeStruct((batch,), np.bool_, sharding=sharding),
+    }
+
+
 def _state_sharding(abstract_state: Any) -> Any:
     return jax.tree.map(lambda s: s.sharding, abstract_state)
 
@@ -276,6 +324,10 @@ def train_and_evaluate(
     data = _data_module(data)
     check_multiprocess()
     validate_config(config, device_count=jax.device_count(), process_count=jax.process_count())
+    log_all_processes(bool(config.get("log_all_processes", False)))
+    cache = enable_compilation_cache(config)
+    if cache:
+        log(f"persistent compilation cache: {cache}")
     info = data.dataset_info(config)
     s = _setup(config, info.num_classes, info.num_train_examples)
     total = s.plan.total_steps
@@ -389,22 +441,45 @@ def _train(config, workdir, data, info, s: _Setup, mngr, state_sharding, total, 
         pending.clear()
         return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
 
+    # Device prefetch: the next `device_prefetch` global batches are assembled and on
+    # their way to the devices while a step runs (never more than this run consumes).
+    depth = max(1, int(config.get("device_prefetch", 2)))
+    queued: collections.deque = collections.deque()
+    fetched = 0
+
+    def prefetch() -> None:
+        nonlocal fetched
+        while len(queued) < depth and fetched < stop_at - start:
+            queued.append(mesh_lib.global_batch(s.mesh, next(iterator)))
+            fetched += 1
+
+    prefetch()
+    # Compile ahead of time: the train step, and the eval step if this run evaluates,
+    # so a mistake or a slow compile shows at start-up, not at the first eval.
+    train_step, train_s = _ahead_of_time(train_step, s.abstract_state, queued[0])
+    every = int(config.eval_every_steps)
+    next_eval = (start // every + 1) * every
+    evaluates = (stop_at == total and config.eval_at_end) or (next_eval <= stop_at and next_eval < total)
+    compiled = f"compiled the train step in {train_s:.1f}s"
+    if evaluates:
+        eval_step, eval_s = _ahead_of_time(eval_step, s.abstract_state, _eval_batch_spec(config, s.mesh, data))
+        compiled += f", the eval step in {eval_s:.1f}s"
+    log(compiled)
+    t_last = time.time()
+
     with _SigtermFlag() as sigterm:
         step = start
-        next_batch = mesh_lib.global_batch(s.mesh, next(iterator))
         while step < stop_at:
-            batch = next_batch
+            batch = queued.popleft()
             state, metrics = train_step(state, batch)
             step += 1
             pending.append((step, metrics))
             if step == start + 1:
-                # Time from here on: the first step includes compilation.
                 jax.block_until_ready(metrics)
-                log(f"first step (compile + run) took {time.time() - t_last:.1f}s")
+                log(f"first step took {time.time() - t_last:.1f}s")
                 t_last, step_last = time.time(), step
-            if step < stop_at:
-                # Assemble the next batch while the device runs this step.
-                next_batch = mesh_lib.global_batch(s.mesh, next(iterator))
+            # Assemble the next batches while the device runs this step.
+            prefetch()
 
             if step % config.log_every_steps == 0 or step == stop_at:
                 mean = check_pending()
