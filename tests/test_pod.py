@@ -97,6 +97,10 @@ def test_distributed_auto_detects_slurm_and_open_mpi(monkeypatch):
     assert cli.detected_cluster() == "SLURM"
     assert cli.init_distributed(_cluster_config()) is True
     assert cli.init_distributed(_cluster_config(distributed="False")) is False  # explicit off wins
+    monkeypatch.setenv("SLURM_NTASKS", "1")  # a one-task job (e.g. srun --gpus=8): keep every GPU
+    assert cli.init_distributed(_cluster_config()) is False
+    assert cli.init_distributed(_cluster_config(distributed=True)) is True
+    monkeypatch.setenv("SLURM_NTASKS", "2")
     for key in SLURM_ENV:
         monkeypatch.delenv(key)
     monkeypatch.setenv("OMPI_MCA_orte_hnp_uri", "1531576320.0;tcp://10.96.0.1:34911")
@@ -104,7 +108,7 @@ def test_distributed_auto_detects_slurm_and_open_mpi(monkeypatch):
     monkeypatch.delenv("OMPI_MCA_orte_hnp_uri")
     # cluster fields given by hand: initialise even without a detected cluster
     assert cli.init_distributed(_cluster_config(coordinator_address="h:1", num_processes=2, process_id=0)) is True
-    assert len(calls) == 2
+    assert len(calls) == 3
     with pytest.raises(ConfigError, match="config.distributed='sometimes'"):
         cli.distributed_mode(_cluster_config(distributed="sometimes"))
 

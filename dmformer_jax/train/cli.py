@@ -179,6 +179,12 @@ def detected_cluster() -> str | None:
     return None
 
 
+def _single_process_job() -> bool:
+    """A SLURM or Open MPI job of one task: nothing to join. (JAX would still give the
+    task only the GPU of its local rank, so a one-task multi-GPU job must not initialise.)"""
+    return os.environ.get("SLURM_NTASKS") == "1" or os.environ.get("OMPI_COMM_WORLD_SIZE") == "1"
+
+
 def _cluster_fields_given(config) -> bool:
     return any(config.get(k) is not None for k in ("coordinator_address", "num_processes", "process_id"))
 
@@ -187,12 +193,16 @@ def init_distributed(config) -> bool:
     """``jax.distributed.initialize`` when needed (before any other JAX use).
 
     ``config.distributed``: True always initialises, False never, ``'auto'`` (default)
-    when JAX detects a cluster (Cloud TPU VM, SLURM, Open MPI) or any of
-    ``coordinator_address``/``num_processes``/``process_id`` is set. Returns whether it
-    initialised.
+    when JAX detects a cluster (Cloud TPU VM, SLURM, Open MPI; not a one-task SLURM or
+    Open MPI job) or any of ``coordinator_address``/``num_processes``/``process_id`` is
+    set. Returns whether it initialised.
     """
     mode = distributed_mode(config)
-    if mode == "off" or (mode == "auto" and not _cluster_fields_given(config) and detected_cluster() is None):
+    if mode == "auto" and not _cluster_fields_given(config):
+        cluster = detected_cluster()
+        if cluster is None or (cluster in ("SLURM", "Open MPI") and _single_process_job()):
+            return False
+    elif mode == "off":
         return False
     import jax
 
