@@ -290,6 +290,20 @@ def _ahead_of_time(jitted, *abstract_args):
     return step, seconds
 
 
+def _wait_for_all_processes(name: str, timeout_s: int = 3600) -> None:
+    """Holds every process until all arrive, through the coordination service (not a
+    device collective, which would time out while a slow process is still compiling)."""
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed
+
+    client = distributed.global_state.client
+    if client is None:  # cannot happen after check_multiprocess; keep a working barrier
+        multihost_utils.sync_global_devices(name)
+        return
+    client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
+
+
 def _eval_batch_spec(config, mesh, data) -> dict[str, jax.ShapeDtypeStruct]:
     """The shapes `run_evaluation` feeds the eval step (for ahead-of-time compiling)."""
     size = int(config.data.eval_image_size or config.data.image_size)
@@ -465,6 +479,10 @@ def _train(config, workdir, data, info, s: _Setup, mngr, state_sharding, total, 
         eval_step, eval_s = _ahead_of_time(eval_step, s.abstract_state, _eval_batch_spec(config, s.mesh, data))
         compiled += f", the eval step in {eval_s:.1f}s"
     log(compiled)
+    # Processes can finish compiling minutes apart (a persistent-cache hit on one, a
+    # compile on another, as measured with 4 CPU processes where only process 0 hit
+    # the cache); the first step's collectives must not start until all are ready.
+    _wait_for_all_processes(f"dmformer_compiled_step_{start}")
     t_last = time.time()
 
     with _SigtermFlag() as sigterm:
