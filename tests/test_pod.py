@@ -350,6 +350,24 @@ REHEARSAL = [
 PROCESSES, DEVICES_PER_PROCESS = 4, 2
 
 
+def final_state(workdir):
+    """``(step, state, meta)`` of the newest checkpoint as NumPy arrays, read on one
+    device of this process whatever topology (processes, devices) wrote it."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    from dmformer_jax.train.checkpoint import read_meta
+
+    meta, step = read_meta(str(workdir))
+    path = os.path.join(str(workdir), "checkpoints", str(step), "state")
+    checkpointer = ocp.StandardCheckpointer()
+    shapes = checkpointer.metadata(path)
+    shapes = getattr(shapes, "item_metadata", shapes)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), shapes)
+    return step, jax.tree.map(np.asarray, checkpointer.restore(path, target)), meta
+
+
 class _Pod:
     """4 train.py processes x 2 CPU devices (gloo), outputs read by threads."""
 
@@ -414,6 +432,10 @@ class _Pod:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("DMFORMER_POD_REHEARSAL"),
+    reason="~10 min on 2 cores (docs/reliability.md); run with DMFORMER_POD_REHEARSAL=1",
+)
 def test_pod_rehearsal_4_processes_preempt_one_resume(tmp_path_factory):
     """4 processes x 2 devices on the dmformer_s recipe: SIGTERM to ONE process makes
     all save the same step and exit 143; the rerun ends with the state of an
@@ -421,7 +443,7 @@ def test_pod_rehearsal_4_processes_preempt_one_resume(tmp_path_factory):
     writes metrics and TensorBoard files."""
     import signal
 
-    from subprocess_runs import assert_same_state, final_state, session_env
+    from subprocess_runs import assert_same_state, session_env
 
     env = session_env(tmp_path_factory.getbasetemp())
     full, interrupted = tmp_path_factory.mktemp("pod_full"), tmp_path_factory.mktemp("pod_preempted")
