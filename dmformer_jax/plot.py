@@ -2,6 +2,7 @@
 
     python -m dmformer_jax.plot runs/digits               # -> runs/digits/curves.png
     python -m dmformer_jax.plot runs/digits --out c.png
+    python -m dmformer_jax.plot gs://BUCKET/runs/dmformer_s   # any TF file system
 """
 
 from __future__ import annotations
@@ -50,7 +51,17 @@ def plot_run(workdir: str, out: str | None = None) -> str:
     fig.suptitle(os.path.basename(os.path.normpath(workdir)))
     fig.tight_layout()
     out = resolve(out) if out else os.path.join(workdir, "curves.png")
-    fig.savefig(out, dpi=100)
+    if "://" in out:  # gs:// etc.: through TensorFlow's file systems
+        import io
+
+        import tensorflow as tf
+
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+        with tf.io.gfile.GFile(out, "wb") as f:
+            f.write(buffer.getvalue())
+    else:
+        fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
 

@@ -2,8 +2,9 @@
 
 - resume: a run stopped at step 3 (mid gradient accumulation) and resumed ends with
   the same parameters, EMA and BatchNorm statistics as an uninterrupted run (<= 1e-6).
-- multi-host: the same run as 2 processes x 2 CPU devices (gloo collectives) ends
-  with the same parameters as 1 process x 4 devices (<= 1e-5).
+- multi-host: the same run as 2 processes x 2 CPU devices (gloo collectives), started
+  as a SLURM job step without any distributed flag, ends with the same parameters as
+  1 process x 4 devices (<= 1e-5).
 - preemption: SIGTERM saves the current step, prints "preempted", exits 143; the
   next run resumes from that step.
 - eval-only mode and the plot command on the finished workdir.
@@ -134,22 +135,40 @@ def test_resume_matches_uninterrupted(env, uninterrupted, tmp_path):
         _assert_same(a[key], b[key], atol=1e-6)
 
 
+def _slurm_job_id() -> int:
+    """A SLURM_JOB_ID whose derived coordinator port is free: JAX's SLURM detection
+    listens on 61440 + job_id % 4096 (jax/_src/clusters/slurm_cluster.py)."""
+    import random
+
+    for _ in range(200):
+        job = random.randrange(100_000, 10_000_000)
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", job % 4096 + 61440))
+            return job
+        except OSError:
+            continue
+    raise AssertionError("no free port in JAX's SLURM coordinator range")
+
+
 def test_two_processes_match_one(env, uninterrupted, tmp_path):
+    """Two processes launched as a SLURM job step, with no distributed flag: the default
+    ``config.distributed='auto'`` finds the cluster through JAX's own SLURM detection."""
     workdir = str(tmp_path / "multi")
-    port = _free_port()
-    e = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    procs = [
-        subprocess.Popen(
-            _args(env, workdir, "--config.distributed=True", f"--config.coordinator_address=127.0.0.1:{port}",
-                  "--config.num_processes=2", f"--config.process_id={i}"),
-            cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for i in range(2)
-    ]
+    job = _slurm_job_id()
+    procs = []
+    for i in range(2):
+        e = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2", SLURM_JOB_ID=str(job),
+                 SLURM_NTASKS="2", SLURM_PROCID=str(i), SLURM_LOCALID=str(i), SLURM_STEP_NODELIST="localhost",
+                 SLURM_STEP_NUM_NODES="1")
+        procs.append(subprocess.Popen(_args(env, workdir), cwd=REPO, env=e, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, out[-2000:] + err[-3000:]
     assert "4 cpu device(s), 2 process(es)" in outs[0][0]
+    assert "compiled the train step in" in outs[0][0]  # ahead of time, at start-up
+    assert not [ln for ln in outs[1][0].splitlines() if ln.startswith("step ")]  # process 1 logs nothing
     _, a, _ = _final_state(uninterrupted)
     _, b, _ = _final_state(workdir)
     _assert_same(a["params"], b["params"], atol=1e-5)

@@ -19,6 +19,7 @@ from dmformer_jax.data.builders import (  # noqa: E402
     get_builder,
     make_eval_iterator,
     make_train_iterator,
+    transfer_dtype,
 )
 from dmformer_jax.data.digits import DmformerDigits  # noqa: E402
 from dmformer_jax.data.pipeline import DECODE_ERRORS, DecodeErrorCounter, decode_error_count  # noqa: E402
@@ -34,4 +35,5 @@ __all__ = [
     "get_builder",
     "make_eval_iterator",
     "make_train_iterator",
+    "transfer_dtype",
 ]

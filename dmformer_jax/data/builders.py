@@ -17,6 +17,7 @@ import tensorflow_datasets as tfds
 
 from dmformer_jax.data import digits  # noqa: F401  (registers 'dmformer_digits' with TFDS)
 from dmformer_jax.data import pipeline
+from dmformer_jax.data.pipeline import transfer_dtype  # noqa: F401  (part of this API)
 from dmformer_jax.errors import DataError
 from dmformer_jax.paths import is_url, resolve_optional
 
@@ -159,7 +160,8 @@ def make_train_iterator(config, *, start_step: int, process_index: int,
                         process_count: int) -> Iterator[dict[str, np.ndarray]]:
     """Infinite per-process training batches, the first one for step ``start_step``.
 
-    Yields dict(image float32 [b, S, S, 3] normalised with data.mean/std,
+    Yields dict(image float32 [b, S, S, 3] normalised with data.mean/std (uint8
+    pixels, to be normalised on the device, when `transfer_dtype` is uint8),
     label float32 [b, num_classes] soft targets), b = batch_size // process_count,
     S = data.image_size. Process p holds shards [p*N/P, (p+1)*N/P) of N = data.num_shards,
     so the global batch at a step is the same for any process count.
@@ -201,7 +203,8 @@ def make_eval_iterator(config, *, process_index: int,
                        process_count: int) -> Iterator[dict[str, np.ndarray]]:
     """One fresh pass over the whole eval split, this process's part, padded.
 
-    Yields dict(image float32 [b, S, S, 3], label int32 [b], mask bool [b]) with
+    Yields dict(image float32 [b, S, S, 3] (uint8 pixels when `transfer_dtype` is
+    uint8), label int32 [b], mask bool [b]) with
     b = eval_batch_size // process_count (eval_batch_size None: batch_size) and
     S = data.eval_image_size (None: image_size). Every eval example appears in exactly
     one process with mask True; every process yields the same number of batches.

@@ -67,11 +67,51 @@ def _graph_fn(fn):
     return tf.autograph.experimental.do_not_convert(fn)
 
 
-def _options() -> tf.data.Options:
+def transfer_dtype(config) -> str:
+    """``config.data.transfer_dtype`` resolved: how images leave the host.
+
+    ``'uint8'``: pixels, normalised on the device (a quarter of the bytes of float32);
+    ``'float32'``: normalised on the host. ``'auto'`` (default) is uint8 on TPU/GPU and
+    float32 on CPU (nothing to save there; keeps the CPU numerics exact).
+    """
+    value = config.data.get("transfer_dtype", "float32")
+    if value == "auto":  # the trainer's backend decides
+        return "uint8" if _accelerator_host() else "float32"
+    if value not in ("uint8", "float32"):
+        from dmformer_jax.errors import ConfigError
+
+        raise ConfigError(f"config.data.transfer_dtype={value!r}; use 'auto', 'uint8' or 'float32'")
+    return value
+
+
+def _to_pixels(image: tf.Tensor, mean, std) -> tf.Tensor:
+    """A host-normalised float image back to uint8 pixels (rounded, clipped to 0..255)."""
+    pixels = (image * tf.constant(std, tf.float32) + tf.constant(mean, tf.float32)) * 255.0
+    return tf.cast(aug.to_uint8_range(pixels), tf.uint8)
+
+
+def _options(config=None) -> tf.data.Options:
     options = tf.data.Options()
     options.deterministic = True
     options.experimental_optimization.map_parallelization = True
+    if config is not None and _accelerator_host():
+        # big_vision / the Flax ImageNet example: tf.data gets its own thread pool and
+        # each op runs single-threaded (many ops in parallel beat one op on many
+        # threads). Not on CPU hosts, where XLA's compute needs the same cores.
+        d = config.data
+        if d.get("private_threadpool_size"):
+            options.threading.private_threadpool_size = int(d.private_threadpool_size)
+        if d.get("max_intra_op_parallelism"):
+            options.threading.max_intra_op_parallelism = int(d.max_intra_op_parallelism)
     return options
+
+
+def _accelerator_host() -> bool:
+    import jax
+
+    from dmformer_jax.train.state import on_accelerator
+
+    return on_accelerator(jax.default_backend())
 
 
 def _shard_records(builder: tfds.core.DatasetBuilder, split: str, seed: tf.Tensor, epoch: tf.Tensor,
@@ -117,8 +157,9 @@ def train_shard_dataset(
     num_classes: int,
     start_step: int,
 ) -> tf.data.Dataset:
-    """Infinite batches of shard ``shard``: dict(image float32 [b,S,S,3], label float32
-    [b,K], pos int64 [b]) where b = ``shard_batch``, starting at batch ``start_step``."""
+    """Infinite batches of shard ``shard``: dict(image float32 [b,S,S,3] (uint8 pixels
+    when `transfer_dtype` is uint8), label float32 [b,K], pos int64 [b]) where
+    b = ``shard_batch``, starting at batch ``start_step``."""
     d, a = config.data, config.augment
     split = tfds.even_splits(d.train_split, num_shards)[shard]
     per_epoch = builder.info.splits[split].num_examples  # > 0: checked by make_train_iterator
@@ -160,6 +201,7 @@ def train_shard_dataset(
     ds = ds.map(_graph_fn(decode), num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors(log_warning=True)
     ds = ds.map(_graph_fn(augment), num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.batch(shard_batch, drop_remainder=True).enumerate(start=int(start_step))
+    uint8 = transfer_dtype(config) == "uint8"
 
     def mix(step, batch):
         pos, images, labels = batch
@@ -167,6 +209,11 @@ def train_shard_dataset(
             images, labels, aug.fold_seed(mix_seed, step), num_classes,
             float(a.mixup_alpha), float(a.cutmix_alpha), float(a.mix_switch_prob), float(a.label_smoothing),
         )
+        if uint8:
+            # The same augmented images as float32, rounded to pixels: exact without
+            # mixup and random erasing; mixup blends round to the nearest level (<= 0.5/255)
+            # and erasing noise is clipped to the pixel range (docs/training.md).
+            images = _to_pixels(images, d.mean, d.std)
         return {"image": images, "label": soft, "pos": pos}
 
     return ds.map(_graph_fn(mix), num_parallel_calls=AUTOTUNE, deterministic=True)
@@ -188,7 +235,7 @@ def train_iterator(builder, config, *, shards: Sequence[int], num_shards: int, s
             "pos": tf.stack([p["pos"] for p in parts], axis=0),
         }
 
-    ds = tf.data.Dataset.zip(datasets).map(_graph_fn(concat)).with_options(_options()).prefetch(AUTOTUNE)
+    ds = tf.data.Dataset.zip(datasets).map(_graph_fn(concat)).with_options(_options(config)).prefetch(AUTOTUNE)
     last = np.full(len(datasets), start_step * shard_batch - 1, np.int64)
     for batch in ds.as_numpy_iterator():
         pos = batch.pop("pos")  # [num local shards, shard_batch]
@@ -203,18 +250,20 @@ def train_iterator(builder, config, *, shards: Sequence[int], num_shards: int, s
 def eval_iterator(builder, config, *, split: str, size: int, crop_pct: float, batch: int,
                   num_batches: int) -> Iterator[dict[str, np.ndarray]]:
     """``num_batches`` batches of ``split`` (this process's part of the eval split),
-    padded with masked-out zeros: dict(image float32 [b,S,S,3], label int32 [b], mask bool [b])."""
+    padded with masked-out zeros: dict(image float32 [b,S,S,3] (uint8 pixels when
+    `transfer_dtype` is uint8), label int32 [b], mask bool [b])."""
     d = config.data
     num_real = builder.info.splits[split].num_examples
+    uint8 = transfer_dtype(config) == "uint8"
 
     def decode(example):
         image = aug.decode_image(example["image"])
-        image = aug.eval_resize_crop(image, size, crop_pct)
-        image = aug.normalize(image, d.mean, d.std)
+        image = aug.eval_resize_crop(image, size, crop_pct)  # whole pixel values in 0..255
+        image = tf.cast(image, tf.uint8) if uint8 else aug.normalize(image, d.mean, d.std)
         return {"image": image, "label": tf.cast(example["label"], tf.int32), "mask": tf.constant(True)}
 
     pad = tf.data.Dataset.from_tensors(
-        {"image": tf.zeros([size, size, 3], tf.float32), "label": tf.constant(0, tf.int32),
+        {"image": tf.zeros([size, size, 3], tf.uint8 if uint8 else tf.float32), "label": tf.constant(0, tf.int32),
          "mask": tf.constant(False)}
     ).repeat()
     if num_real:
@@ -222,13 +271,13 @@ def eval_iterator(builder, config, *, split: str, size: int, crop_pct: float, ba
             split=split,
             shuffle_files=False,
             decoders={"image": tfds.decode.SkipDecoding()},
-            read_config=tfds.ReadConfig(options=_options(), try_autocache=False),
+            read_config=tfds.ReadConfig(options=_options(config), try_autocache=False),
         )
         ds = ds.map(_graph_fn(decode), num_parallel_calls=AUTOTUNE, deterministic=True)
         ds = ds.ignore_errors(log_warning=True).concatenate(pad)
     else:  # more processes than eval examples: this one only pads
         ds = pad
-    ds = ds.batch(batch).take(num_batches).with_options(_options()).prefetch(AUTOTUNE)
+    ds = ds.batch(batch).take(num_batches).with_options(_options(config)).prefetch(AUTOTUNE)
     seen = 0
     for element in ds.as_numpy_iterator():
         seen += int(element["mask"].sum())

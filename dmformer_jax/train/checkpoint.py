@@ -30,9 +30,11 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import time
 from typing import Any, Callable
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -70,6 +72,7 @@ def make_manager(
     async_checkpointing: bool = True,
     create: bool = True,
     read_only: bool = False,
+    local: bool = False,
 ) -> ocp.CheckpointManager:
     """A `CheckpointManager` over ``WORKDIR/checkpoints`` keeping ``max_to_keep``.
 
@@ -86,6 +89,10 @@ def make_manager(
         read_only=read_only,
         cleanup_tmp_directories=not read_only,
     )
+    if local and read_only and jax.process_count() > 1:
+        options.multiprocessing_options = ocp.options.MultiprocessingOptions(
+            primary_host=jax.process_index(), active_processes={jax.process_index()}
+        )
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=_handlers())
 
 
@@ -347,12 +354,50 @@ def partial_saves(workdir: str) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if PARTIAL_MARKER in p.name)
 
 
+# Codes process 0 broadcasts instead of a step when there is nothing to restore.
+_NONE, _NO_READABLE, _OTHER_MODEL, _FAILED = -1, -2, -3, -4
+
+
+def _from_chief(value: int) -> int:
+    """Process 0's ``value``, on every process (identity with one process)."""
+    if jax.process_count() == 1:
+        return int(value)
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.broadcast_one_to_all(np.asarray(value, np.int64)))
+
+
+def _gathered(value: int) -> list[int]:
+    """Every process's ``value``, in process order."""
+    if jax.process_count() == 1:
+        return [int(value)]
+    from jax.experimental import multihost_utils
+
+    return [int(v) for v in np.asarray(multihost_utils.process_allgather(np.asarray(value, np.int64)))]
+
+
+def _read_retrying(mngr, step: int, abstract_state: Any, model: dict | None, attempts: int,
+                   delay_s: float, log: Callable[[str], None]):
+    """`_read`, tried up to ``attempts`` times (waits ``delay_s``, then doubling)."""
+    reason = None
+    for attempt in range(1, max(1, attempts) + 1):
+        result, reason = _read(mngr, step, abstract_state, model)
+        if result is not None:
+            return result, None
+        if attempt < attempts:
+            log(f"warning: reading checkpoint step {step} failed ({reason}); retrying ({attempt + 1}/{attempts})")
+            time.sleep(delay_s * 2 ** (attempt - 1))
+    return None, reason
+
+
 def restore_latest(
     workdir: str,
     abstract_state: Any,
     *,
     model: dict | None = None,
     log: Callable[[str], None] = print,
+    read_attempts: int = 3,
+    retry_delay_s: float = 1.0,
 ) -> tuple[Any, dict, int] | None:
     """``(state, meta, step)`` of the newest readable checkpoint; None when there is none.
 
@@ -361,6 +406,14 @@ def restore_latest(
     one is found, the unreadable newer ones are moved to ``checkpoints_unreadable/``
     (with a warning each), so the run continues from the newest readable step.
 
+    With several processes the decision is process 0's alone: it lists the steps and
+    reads them newest-first (each up to ``read_attempts`` times, a transient error is
+    retried), then every process is given that step (``broadcast_one_to_all``) and
+    reads it, with the same retries. If any process still cannot read it, every
+    process raises `CheckpointError` (nothing is moved). All processes then meet at a
+    barrier and assert they restored the same step: the replicated state never
+    differs between hosts.
+
     Args:
       workdir: the run directory.
       abstract_state: restore target, a pytree of ``jax.ShapeDtypeStruct`` with
@@ -368,44 +421,84 @@ def restore_latest(
       model: this run's ``meta['model']``; a step written by the same model whose
         tree still does not fit counts as damaged instead of as another model.
       log: where warnings go (one line each).
+      read_attempts: reads of one step before it counts as unreadable.
+      retry_delay_s: wait before the first retry (doubled for each further one).
 
     Raises:
       CheckpointError: the newest readable checkpoint is of another model/optimizer
-        (named by parameter path), or no checkpoint is readable (nothing is moved).
+        (named by parameter path), no checkpoint is readable (nothing is moved), or
+        a step process 0 read is unreadable on another process.
     """
     directory = checkpoint_dir(workdir)
-    if not directory.exists():
+    chief = jax.process_index() == 0
+    if not _from_chief(int(directory.exists())):
         return None
-    for name in partial_saves(workdir):
-        log(f"warning: ignoring partial checkpoint {directory / name} (a save cut short by a kill or crash); "
-            "it is never restored and is removed now")
-    mngr = make_manager(workdir, read_only=True, async_checkpointing=False)
+    if chief:
+        for name in partial_saves(workdir):
+            log(f"warning: ignoring partial checkpoint {directory / name} (a save cut short by a kill or crash); "
+                "it is never restored and is removed now")
+    mngr = make_manager(workdir, read_only=True, async_checkpointing=False, local=True)
     try:
-        steps = sorted(mngr.all_steps(), reverse=True)
-        unreadable: list[tuple[int, str]] = []
-        for step in steps:
-            result, reason = _read(mngr, step, abstract_state, model)
-            if result is None:
-                unreadable.append((step, reason))
-                continue
-            for bad, why in unreadable:
-                moved = _set_aside(workdir, bad)
-                log(f"warning: checkpoint step {bad} in {directory} is unreadable ({why}); moved it to {moved} "
-                    f"and resuming from step {step}")
-            if unreadable and jax.process_count() > 1:
-                from jax.experimental import multihost_utils
-
-                multihost_utils.sync_global_devices("dmformer_checkpoint_set_aside")
-            state, meta = result
-            return state, meta, step
+        result, unreadable, problem = None, [], None
+        decision = _NONE
+        if chief:
+            try:
+                for step in sorted(mngr.all_steps(), reverse=True):
+                    result, reason = _read_retrying(mngr, step, abstract_state, model, read_attempts,
+                                                    retry_delay_s, log)
+                    if result is not None:
+                        decision = step
+                        break
+                    unreadable.append((step, reason))
+                else:
+                    decision = _NO_READABLE if unreadable else _NONE
+            except CheckpointError as e:
+                decision, problem = _OTHER_MODEL, e
+            except BaseException as e:  # the others must not wait for a decision forever
+                decision, problem = _FAILED, e
+        step = _from_chief(decision)
+        if problem is not None:
+            raise problem
+        if step == _OTHER_MODEL:
+            raise CheckpointError(f"the newest checkpoint in {directory} is of another model or optimizer "
+                                  "(process 0 names it); use a fresh --workdir or the config it was trained with")
+        if step == _FAILED:
+            raise CheckpointError(f"process 0 failed while choosing a checkpoint in {directory}; see its error")
+        if step == _NO_READABLE:
+            if chief:
+                details = "; ".join(f"step {s}: {why}" for s, why in unreadable)
+                raise CheckpointError(
+                    f"no readable checkpoint in {directory} ({details}); move that folder away to start from scratch"
+                )
+            raise CheckpointError(f"no readable checkpoint in {directory} (process 0 lists why)")
+        if step == _NONE:
+            return None
+        reason = None
+        if not chief:
+            result, reason = _read_retrying(mngr, step, abstract_state, model, read_attempts, retry_delay_s, log)
+        failed = [i for i, ok in enumerate(_gathered(int(result is not None))) if not ok]
+        if failed:
+            why = f" ({reason})" if reason else ""
+            raise CheckpointError(
+                f"checkpoint step {step} in {directory}, chosen by process 0, is unreadable on process(es) "
+                f"{failed}{why}; nothing was moved: rerun, and check that every host sees the same workdir"
+            )
+        for bad, why in unreadable:  # process 0 only: the others never saw them
+            moved = _set_aside(workdir, bad)
+            log(f"warning: checkpoint step {bad} in {directory} is unreadable ({why}); moved it to {moved} "
+                f"and resuming from step {step}")
+        state, meta = result
     finally:
         mngr.close()
-    if unreadable:
-        details = "; ".join(f"step {s}: {why}" for s, why in unreadable)
-        raise CheckpointError(
-            f"no readable checkpoint in {directory} ({details}); move that folder away to start from scratch"
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("dmformer_checkpoint_restored")
+        multihost_utils.assert_equal(
+            np.asarray(int(meta.get("step", step)), np.int64),
+            f"processes restored different checkpoint steps from {directory}",
         )
-    return None
+    return state, meta, step
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any) -> tuple[Any, dict]:

@@ -129,10 +129,82 @@ def parse_args(argv: Sequence[str], *, config_required: bool = True) -> Args:
     return Args(config, fv.workdir, fv.eval_only, fv.step)
 
 
-def init_distributed(config) -> None:
-    """``jax.distributed.initialize`` when ``config.distributed`` (before any JAX use)."""
-    if not config.distributed:
-        return
+# The cluster kinds `jax.distributed.initialize()` detects by itself that
+# ``config.distributed='auto'`` acts on (names of JAX's ``ClusterEnv`` classes).
+AUTO_CLUSTERS = {"gcetpu": "Cloud TPU", "gketpu": "Cloud TPU (GKE)", "slurm": "SLURM", "ompi": "Open MPI"}
+
+
+def distributed_mode(config) -> str:
+    """``'auto'``, ``'on'`` or ``'off'`` from ``config.distributed`` (bool or string).
+
+    Raises:
+      ConfigError: any other value.
+    """
+    value = config.distributed
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    if text in ("true", "1", "yes", "on"):
+        return "on"
+    if text in ("false", "0", "no", "off"):
+        return "off"
+    raise ConfigError(f"config.distributed={value!r}; use 'auto' (the default), True or False")
+
+
+def detected_cluster() -> str | None:
+    """The cluster JAX's own detection finds (Cloud TPU, SLURM, Open MPI), or None.
+
+    The same checks `jax.distributed.initialize()` makes without arguments (its
+    ``ClusterEnv`` classes); if that private API moves, the SLURM and Open MPI
+    environment variables are checked directly.
+    """
+    try:
+        from jax._src import clusters
+
+        kinds = [c for c in clusters.ClusterEnv._cluster_types if c.name in AUTO_CLUSTERS]
+    except (ImportError, AttributeError):
+        kinds = None
+    if kinds is None:
+        if all(v in os.environ for v in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS",
+                                         "SLURM_PROCID", "SLURM_LOCALID")):
+            return AUTO_CLUSTERS["slurm"]
+        return AUTO_CLUSTERS["ompi"] if "OMPI_MCA_orte_hnp_uri" in os.environ else None
+    for kind in kinds:
+        try:
+            if kind.is_env_present():
+                return AUTO_CLUSTERS[kind.name]
+        except Exception:  # noqa: BLE001  (a detector that cannot run detects nothing)
+            continue
+    return None
+
+
+def _single_process_job() -> bool:
+    """A SLURM or Open MPI job of one task: nothing to join. (JAX would still give the
+    task only the GPU of its local rank, so a one-task multi-GPU job must not initialise.)"""
+    return os.environ.get("SLURM_NTASKS") == "1" or os.environ.get("OMPI_COMM_WORLD_SIZE") == "1"
+
+
+def _cluster_fields_given(config) -> bool:
+    return any(config.get(k) is not None for k in ("coordinator_address", "num_processes", "process_id"))
+
+
+def init_distributed(config) -> bool:
+    """``jax.distributed.initialize`` when needed (before any other JAX use).
+
+    ``config.distributed``: True always initialises, False never, ``'auto'`` (default)
+    when JAX detects a cluster (Cloud TPU VM, SLURM, Open MPI; not a one-task SLURM or
+    Open MPI job) or any of ``coordinator_address``/``num_processes``/``process_id`` is
+    set. Returns whether it initialised.
+    """
+    mode = distributed_mode(config)
+    if mode == "auto" and not _cluster_fields_given(config):
+        cluster = detected_cluster()
+        if cluster is None or (cluster in ("SLURM", "Open MPI") and _single_process_job()):
+            return False
+    elif mode == "off":
+        return False
     import jax
 
     # CPU clusters need a collectives backend; GPU/TPU clients ignore this setting.
@@ -146,8 +218,10 @@ def init_distributed(config) -> None:
     except (ValueError, RuntimeError) as e:
         raise ConfigError(
             f"jax.distributed.initialize failed: {_one_line(e)}; set config.coordinator_address, "
-            "num_processes and process_id, or run where JAX detects the cluster (Cloud TPU, SLURM)"
+            "num_processes and process_id, or run where JAX detects the cluster (Cloud TPU, SLURM, "
+            "Open MPI), or pass --config.distributed=False for one process"
         ) from None
+    return True
 
 
 def shutdown_distributed(config) -> None:
@@ -156,9 +230,11 @@ def shutdown_distributed(config) -> None:
     Left to interpreter exit, the coordination-service shutdown barrier can wait on a
     process that is already tearing its modules down (seen with 2 CPU processes).
     """
-    if config is not None and config.distributed:
-        import jax
+    if config is None:
+        return
+    import jax
 
+    if jax.distributed.is_initialized():
         jax.distributed.shutdown()
 
 

@@ -7,6 +7,7 @@ can substitute synthetic data with the same API.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import os
@@ -28,7 +29,7 @@ from dmformer_jax.train import mesh as mesh_lib
 from dmformer_jax.train import optim
 from dmformer_jax.train import state as state_lib
 from dmformer_jax.train import step as step_lib
-from dmformer_jax.train.logger import MetricsWriter, format_eta, log, progress_line
+from dmformer_jax.train.logger import MetricsWriter, format_eta, log, log_all_processes, progress_line
 
 # 128 + SIGTERM: what schedulers expect from a job that stopped because it was told to.
 PREEMPTED_EXIT_CODE = 143
@@ -115,12 +116,28 @@ def validate_config(config: ml_collections.ConfigDict, *, device_count: int, pro
         raise ConfigError(f"config.optim.ema_decay={decay} must be in [0, 1) (e.g. 0.9999), or None for no EMA")
     if config.optim.grad_clip_norm is not None and config.optim.grad_clip_norm <= 0:
         raise ConfigError(f"config.optim.grad_clip_norm={config.optim.grad_clip_norm} must be positive or None")
-    if config.model.dtype not in state_lib.DTYPES:
-        raise ConfigError(f"config.model.dtype={config.model.dtype!r}; use one of {sorted(state_lib.DTYPES)}")
+    if state_lib.resolve_dtype(config.model.dtype) not in state_lib.DTYPES:
+        raise ConfigError(
+            f"config.model.dtype={config.model.dtype!r}; use one of {sorted(state_lib.DTYPES) + ['auto']}"
+        )
+
+
+def check_multiprocess() -> None:
+    """Raises `ConfigError` when several processes run without JAX's distributed client.
+
+    libtpu forms a multi-host slice by itself, but Orbax's multi-process checkpoints and
+    JAX's preemption notice need ``jax.distributed.initialize()``.
+    """
+    if jax.process_count() > 1 and not jax.distributed.is_initialized():
+        raise ConfigError(
+            f"{jax.process_count()} processes but jax.distributed is not initialised (checkpoints "
+            "and preemption need it); run with --config.distributed=auto (the default) or True, "
+            "and set config.coordinator_address/num_processes/process_id if JAX cannot detect the cluster"
+        )
 
 
 # Config fields that hold a user-typed path (made absolute, URLs kept; see paths.py).
-CONFIG_PATH_FIELDS = ("init_from", "data.data_dir", "data.manual_dir")
+CONFIG_PATH_FIELDS = ("init_from", "data.data_dir", "data.manual_dir", "compilation_cache_dir")
 
 
 def resolve_config_paths(config: ml_collections.ConfigDict) -> None:
@@ -143,7 +160,7 @@ def checkpoint_meta(
 ) -> dict[str, Any]:
     """The JSON item saved with every checkpoint: enough to rebuild the model."""
     kwargs = state_lib.model_kwargs(config)
-    kwargs["dtype"] = config.model.dtype
+    kwargs["dtype"] = state_lib.resolve_dtype(config.model.dtype)  # what this run computes in
     variant = state_lib.get_variant(config.model.name)
     crop_pct = config.data.crop_pct if config.data.crop_pct is not None else variant.crop_pct
     import json
@@ -251,6 +268,72 @@ def _setup(config: ml_collections.ConfigDict, num_classes: int, num_train_exampl
     return _Setup(model, tx, schedule, plan, mesh, abstract, num_classes)
 
 
+def _transfer_dtype(data: ModuleType, config) -> str:
+    """How images travel to the device: ``'uint8'`` (normalised there) or ``'float32'``."""
+    return getattr(data, "transfer_dtype", lambda c: "float32")(config)
+
+
+def enable_compilation_cache(config) -> str | None:
+    """Turns on JAX's persistent compilation cache in ``config.compilation_cache_dir``
+    (a local folder or ``gs://...``; None leaves JAX's own settings, e.g. the
+    ``JAX_COMPILATION_CACHE_DIR`` environment variable, alone). Returns the folder."""
+    path = config.get("compilation_cache_dir")
+    if not path:
+        return None
+    if jax.config.jax_compilation_cache_dir != path:
+        jax.config.update("jax_compilation_cache_dir", path)
+        try:  # JAX decides once, at the first compile, whether a cache is used
+            from jax._src import compilation_cache
+
+            compilation_cache.reset_cache()
+        except (ImportError, AttributeError):
+            pass
+    return path
+
+
+def _ahead_of_time(jitted, *abstract_args):
+    """``(step, seconds)``: ``jitted`` compiled now for ``abstract_args``; the returned
+    function runs that executable, falling back to ``jitted`` for other argument types."""
+    t0 = time.time()
+    compiled = jitted.lower(*abstract_args).compile()
+    seconds = time.time() - t0
+
+    def step(*args):
+        try:
+            return compiled(*args)
+        except (TypeError, ValueError):  # argument types the executable was not built for
+            return jitted(*args)
+
+    return step, seconds
+
+
+def _wait_for_all_processes(name: str, timeout_s: int = 3600) -> None:
+    """Holds every process until all arrive, through the coordination service (not a
+    device collective, which would time out while a slow process is still compiling)."""
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed
+
+    client = distributed.global_state.client
+    if client is None:  # cannot happen after check_multiprocess; keep a working barrier
+        multihost_utils.sync_global_devices(name)
+        return
+    client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
+
+
+def _eval_batch_spec(config, mesh, data) -> dict[str, jax.ShapeDtypeStruct]:
+    """The shapes `run_evaluation` feeds the eval step (for ahead-of-time compiling)."""
+    size = int(config.data.eval_image_size or config.data.image_size)
+    batch = eval_batch_size(config)
+    sharding = mesh_lib.batch_sharded(mesh)
+    image = np.uint8 if _transfer_dtype(data, config) == "uint8" else np.float32
+    return {
+        "image": jax.ShapeDtypeStruct((batch, size, size, 3), image, sharding=sharding),
+        "label": jax.ShapeDtypeStruct((batch,), np.int32, sharding=sharding),
+        "mask": jax.ShapeDtypeStruct((batch,), np.bool_, sharding=sharding),
+    }
+
+
 def _state_sharding(abstract_state: Any) -> Any:
     return jax.tree.map(lambda s: s.sharding, abstract_state)
 
@@ -272,7 +355,12 @@ def train_and_evaluate(
     data = _data_module(data)
     workdir = resolve(workdir)
     resolve_config_paths(config)
+    check_multiprocess()
     validate_config(config, device_count=jax.device_count(), process_count=jax.process_count())
+    log_all_processes(bool(config.get("log_all_processes", False)))
+    cache = enable_compilation_cache(config)
+    if cache:
+        log(f"persistent compilation cache: {cache}")
     info = data.dataset_info(config)
     s = _setup(config, info.num_classes, info.num_train_examples)
     total = s.plan.total_steps
@@ -299,7 +387,10 @@ def _restore_or_init(config, workdir: str, s: _Setup) -> tuple[Any, int]:
     """``(state, start_step)``: the newest readable checkpoint, else a fresh (or
     ``init_from``) state. Unreadable newer checkpoints are skipped with a warning."""
     model_meta = checkpoint_meta(config, s.num_classes, 0)["model"]
-    restored = ckpt.restore_latest(workdir, s.abstract_state, model=model_meta, log=log)
+    restored = ckpt.restore_latest(
+        workdir, s.abstract_state, model=model_meta, log=log,
+        read_attempts=int(config.get("checkpoint_read_attempts", 3)),
+    )
     if restored is not None:
         state, _, start = restored
         log(f"resuming from checkpoint step {start} in {ckpt.checkpoint_dir(workdir)}")
@@ -318,7 +409,8 @@ def _restore_or_init(config, workdir: str, s: _Setup) -> tuple[Any, int]:
 def _train(config, workdir, data, info, s: _Setup, saver: ckpt.Saver, state_sharding, total, state, start) -> RunResult:
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
     log(
-        f"{config.model.name} ({num_params:,} params, {config.model.dtype}) on {info.name}: "
+        f"{config.model.name} ({num_params:,} params, {state_lib.resolve_dtype(config.model.dtype)} compute, "
+        f"{_transfer_dtype(data, config)} input) on {info.name}: "
         f"{info.num_train_examples:,} train / {info.num_eval_examples:,} eval images, "
         f"{info.num_classes} classes; {jax.device_count()} {jax.default_backend()} device(s), "
         f"{jax.process_count()} process(es); global batch {config.batch_size}; "
@@ -328,11 +420,13 @@ def _train(config, workdir, data, info, s: _Setup, saver: ckpt.Saver, state_shar
     train_step = step_lib.make_train_step(
         s.model, s.tx, s.schedule, s.mesh, state_sharding,
         grad_accum_steps=int(config.optim.grad_accum_steps), ema_decay=config.optim.ema_decay,
+        mean=config.data.mean, std=config.data.std,
     )
     eval_step = step_lib.make_eval_step(
-        s.model, s.mesh, state_sharding, use_ema=config.optim.ema_decay is not None
+        s.model, s.mesh, state_sharding, use_ema=config.optim.ema_decay is not None,
+        mean=config.data.mean, std=config.data.std,
     )
-    writer = MetricsWriter(workdir)
+    writer = MetricsWriter(workdir, flush_secs=float(config.get("log_flush_secs", 60.0)))
     meta = lambda step: checkpoint_meta(config, s.num_classes, step)  # noqa: E731
     stop_at = min(total, int(config.stop_at_step)) if config.stop_at_step is not None else total
 
@@ -349,7 +443,9 @@ def _train(config, workdir, data, info, s: _Setup, saver: ckpt.Saver, state_shar
     eval_metrics = None
     if start >= total:
         log(f"already trained: step {start} >= {total}")
-        return RunResult(start, evaluate(start) if config.eval_at_end else None)
+        result = RunResult(start, evaluate(start) if config.eval_at_end else None)
+        writer.close()
+        return result
 
     iterator: Iterator = data.make_train_iterator(
         config, start_step=start, process_index=jax.process_index(), process_count=jax.process_count()
@@ -379,22 +475,49 @@ def _train(config, workdir, data, info, s: _Setup, saver: ckpt.Saver, state_shar
         pending.clear()
         return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
 
+    # Device prefetch: the next `device_prefetch` global batches are assembled and on
+    # their way to the devices while a step runs (never more than this run consumes).
+    depth = max(1, int(config.get("device_prefetch", 2)))
+    queued: collections.deque = collections.deque()
+    fetched = 0
+
+    def prefetch() -> None:
+        nonlocal fetched
+        while len(queued) < depth and fetched < stop_at - start:
+            queued.append(mesh_lib.global_batch(s.mesh, next(iterator)))
+            fetched += 1
+
+    prefetch()
+    # Compile ahead of time: the train step, and the eval step if this run evaluates,
+    # so a mistake or a slow compile shows at start-up, not at the first eval.
+    train_step, train_s = _ahead_of_time(train_step, s.abstract_state, queued[0])
+    every = int(config.eval_every_steps)
+    next_eval = (start // every + 1) * every
+    evaluates = (stop_at == total and config.eval_at_end) or (next_eval <= stop_at and next_eval < total)
+    compiled = f"compiled the train step in {train_s:.1f}s"
+    if evaluates:
+        eval_step, eval_s = _ahead_of_time(eval_step, s.abstract_state, _eval_batch_spec(config, s.mesh, data))
+        compiled += f", the eval step in {eval_s:.1f}s"
+    log(compiled)
+    # Processes can finish compiling minutes apart (a persistent-cache hit on one, a
+    # compile on another, as measured with 4 CPU processes where only process 0 hit
+    # the cache); the first step's collectives must not start until all are ready.
+    _wait_for_all_processes(f"dmformer_compiled_step_{start}")
+    t_last = time.time()
+
     with _SigtermFlag() as sigterm:
         step = start
-        next_batch = mesh_lib.global_batch(s.mesh, next(iterator))
         while step < stop_at:
-            batch = next_batch
+            batch = queued.popleft()
             state, metrics = train_step(state, batch)
             step += 1
             pending.append((step, metrics))
             if step == start + 1:
-                # Time from here on: the first step includes compilation.
                 jax.block_until_ready(metrics)
-                log(f"first step (compile + run) took {time.time() - t_last:.1f}s")
+                log(f"first step took {time.time() - t_last:.1f}s")
                 t_last, step_last = time.time(), step
-            if step < stop_at:
-                # Assemble the next batch while the device runs this step.
-                next_batch = mesh_lib.global_batch(s.mesh, next(iterator))
+            # Assemble the next batches while the device runs this step.
+            prefetch()
 
             if step % config.log_every_steps == 0 or step == stop_at:
                 mean = check_pending()
@@ -452,6 +575,7 @@ def evaluate_checkpoint(
     if config is None:
         config = ml_collections.ConfigDict(meta["config"])
     resolve_config_paths(config)
+    check_multiprocess()
     validate_config(config, device_count=jax.device_count(), process_count=jax.process_count())
     info = data.dataset_info(config)
     if info.num_classes != meta["num_classes"]:
@@ -466,7 +590,8 @@ def evaluate_checkpoint(
     finally:
         mngr.close()
     eval_step = step_lib.make_eval_step(
-        s.model, s.mesh, _state_sharding(s.abstract_state), use_ema=config.optim.ema_decay is not None
+        s.model, s.mesh, _state_sharding(s.abstract_state), use_ema=config.optim.ema_decay is not None,
+        mean=config.data.mean, std=config.data.std,
     )
     metrics = run_evaluation(config, state, eval_step, s.mesh, data)
     log(

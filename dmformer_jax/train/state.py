@@ -18,6 +18,23 @@ from dmformer_jax.models.init import fast_compile_options
 from dmformer_jax.train import mesh as mesh_lib
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Backends where 'auto' means bfloat16 compute (and uint8 input transfer): their matrix
+# units run bfloat16 at full rate. CPU keeps float32 (no faster there, and the CPU
+# tests' numerics stay exact).
+ACCELERATORS = ("tpu", "gpu", "cuda", "rocm")
+
+
+def on_accelerator(backend: str | None = None) -> bool:
+    """Whether ``backend`` (default `jax.default_backend()`) is a TPU or GPU."""
+    return (backend or jax.default_backend()) in ACCELERATORS
+
+
+def resolve_dtype(name: str, backend: str | None = None) -> str:
+    """``config.model.dtype`` as a `DTYPES` key: ``'auto'`` is ``'bfloat16'`` on TPU/GPU,
+    ``'float32'`` on CPU; other names are returned unchanged."""
+    if name == "auto":
+        return "bfloat16" if on_accelerator(backend) else "float32"
+    return name
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -43,8 +60,8 @@ class TrainState(flax.struct.PyTreeNode):
 def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The `create_model` overrides that ``config.model`` asks for (JSON-friendly)."""
     m = config.model
-    if m.dtype not in DTYPES:
-        raise ConfigError(f"config.model.dtype={m.dtype!r} is not one of {sorted(DTYPES)}")
+    if resolve_dtype(m.dtype) not in DTYPES:
+        raise ConfigError(f"config.model.dtype={m.dtype!r} is not one of {sorted(DTYPES) + ['auto']}")
     kwargs: dict[str, Any] = dict(
         depthwise_impl=m.depthwise_impl,
         conv_impl=m.conv_impl,
@@ -73,7 +90,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modul
         return create_model(
             config.model.name,
             num_classes=num_classes,
-            dtype=DTYPES[config.model.dtype] if config.model.dtype in DTYPES else None,
+            dtype=DTYPES.get(resolve_dtype(config.model.dtype)),
             **model_kwargs(config),
         )
     except ValueError as e:

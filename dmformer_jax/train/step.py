@@ -16,6 +16,17 @@ from dmformer_jax.train.state import TrainState
 Metrics = dict[str, jax.Array]
 
 
+def normalize_images(images: jax.Array, mean, std) -> jax.Array:
+    """uint8 pixels -> float32 ``(x / 255 - mean) / std`` on the device (the same
+    arithmetic as the host's `dmformer_jax.data.augment.normalize`); float images,
+    already normalised on the host, pass through unchanged."""
+    if images.dtype != jnp.uint8:
+        return images
+    mean = jnp.asarray(mean, jnp.float32)
+    std = jnp.asarray(std, jnp.float32)
+    return (images.astype(jnp.float32) / 255.0 - mean) / std
+
+
 def _train_step(
     state: TrainState,
     batch: dict[str, jax.Array],
@@ -25,10 +36,14 @@ def _train_step(
     schedule: optax.Schedule,
     grad_accum_steps: int,
     ema_decay: float | None,
+    mean=None,
+    std=None,
 ) -> tuple[TrainState, Metrics]:
     # Per-step randomness from the step number alone, so a resumed run draws the same.
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     images, labels = batch["image"], batch["label"]
+    if mean is not None:
+        images = normalize_images(images, mean, std)
 
     def loss_fn(params):
         logits, updates = model.apply(
@@ -80,10 +95,13 @@ def make_train_step(
     *,
     grad_accum_steps: int = 1,
     ema_decay: float | None = None,
+    mean=None,
+    std=None,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, Metrics]]:
     """``step(state, batch) -> (state, metrics)``, jitted, ``state`` donated.
 
-    ``batch``: ``image`` ``(B, S, S, 3)`` float32 and ``label`` ``(B, num_classes)``
+    ``batch``: ``image`` ``(B, S, S, 3)`` float32 (normalised), or uint8 pixels that
+    are normalised on the device with ``mean``/``std`` (`normalize_images`), and ``label`` ``(B, num_classes)``
     soft targets, both sharded over the mesh's ``'data'`` axis. ``metrics``: scalars
     ``loss``, ``top1`` (argmax of the soft label), ``lr``, ``grad_norm`` (before
     clipping), replicated.
@@ -92,7 +110,7 @@ def make_train_step(
     def step(state, batch):
         return _train_step(
             state, batch, model=model, tx=tx, schedule=schedule,
-            grad_accum_steps=grad_accum_steps, ema_decay=ema_decay,
+            grad_accum_steps=grad_accum_steps, ema_decay=ema_decay, mean=mean, std=std,
         )
 
     data = mesh_lib.batch_sharded(mesh)
@@ -105,18 +123,20 @@ def make_train_step(
 
 
 def make_eval_step(
-    model: nn.Module, mesh: Mesh, state_sharding: Any, *, use_ema: bool
+    model: nn.Module, mesh: Mesh, state_sharding: Any, *, use_ema: bool, mean=None, std=None
 ) -> Callable[[TrainState, dict[str, jax.Array]], Metrics]:
     """``eval(state, batch) -> sums`` over the real (``mask``-ed) examples of a batch.
 
-    ``batch``: ``image`` ``(B, S, S, 3)``, ``label`` int ``(B,)``, ``mask`` bool
+    ``batch``: ``image`` ``(B, S, S, 3)`` (uint8 is normalised as in
+    `make_train_step`), ``label`` int ``(B,)``, ``mask`` bool
     ``(B,)``. Returns replicated float32 scalars ``top1``, ``top5`` (correct counts),
     ``loss`` (summed cross-entropy) and ``count``.
     """
 
     def step(state: TrainState, batch):
         params = state.ema_params if use_ema else state.params
-        logits = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"], train=False)
+        images = batch["image"] if mean is None else normalize_images(batch["image"], mean, std)
+        logits = model.apply({"params": params, "batch_stats": state.batch_stats}, images, train=False)
         labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
         k = min(5, logits.shape[-1])
         _, top_k = jax.lax.top_k(logits, k)
