@@ -66,6 +66,7 @@ def test_readme_main_command_as_written(env, tmp_path):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         evals = [r for r in map(json.loads, f) if r["split"] == "eval"]
     assert evals and evals[-1]["top1"] >= 0.90, evals
+    print(f"README command: validation top-1 {100 * evals[-1]['top1']:.2f}% at step {evals[-1]['step']}")
     assert evals[-1]["step"] == sr.committed_steps(workdir)[-1]
 
 
@@ -164,6 +165,7 @@ def test_checkpoint_folder_made_unwritable_mid_run(env, tmp_path):
     m = re.match(r"error: checkpoint step (\d+) could not be written to (\S+): \w+", errors[0])
     assert m and m.group(2) == os.fspath(workdir / "checkpoints" / m.group(1)), errors
     failed = int(m.group(1))
+    print(f"unwritable checkpoints: {errors[0]!r}; exit {rc} {took:.1f} s after the folder became unwritable")
     assert failed > max(before) and took < 120, (failed, took)  # stopped at once, no 300 s thread wait
     assert f"step {sr.TOTAL}/{sr.TOTAL}" not in out  # the run did not train on unsaved
     after = sr.committed_steps(workdir)
