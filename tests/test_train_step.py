@@ -75,8 +75,8 @@ def _jit_step(tx, accum, ema_decay):
 
 
 def test_sgd_steps_follow_the_numpy_gradient_and_lower_the_loss():
-    lr = 0.5
-    tx = optax.sgd(lr)
+    lr, wd = 0.5, 0.01
+    tx = optax.chain(optax.add_decayed_weights(wd), optax.sgd(lr))  # decay reads the params
     step = _jit_step(tx, 1, None)
     state = _state(tx, ema=False)
     w, b = _wb(state.params)
@@ -87,25 +87,67 @@ def test_sgd_steps_follow_the_numpy_gradient_and_lower_the_loss():
         state, metrics = step(state, batch)
         assert float(metrics["loss"]) == pytest.approx(loss, rel=1e-5)
         assert float(metrics["grad_norm"]) == pytest.approx(np.sqrt((gw**2).sum() + (gb**2).sum()), rel=1e-4)
-        w, b = w - lr * gw, b - lr * gb  # descent: params move against the gradient
+        w, b = w - lr * (gw + wd * w), b - lr * (gb + wd * b)  # descent: against the gradient
         gw_, gb_ = _wb(state.params)
         np.testing.assert_allclose(gw_, w, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(gb_, b, rtol=1e-4, atol=1e-6)
         losses.append(_np_loss_and_grads(w, b, _batch(100))[0])
     assert int(state.step) == 4
+    assert state.batch_stats == {}  # a model without BatchNorm keeps none
     # The same held-out batch scores better after every small descent step.
     assert losses[-1] < losses[0]
 
 
-def test_train_step_top1_uses_the_targets():
-    tx = optax.sgd(0.0)
+def test_train_step_top1_and_lr_metrics():
+    """top1: argmax of the logits against argmax of the targets; lr: the schedule at the
+    optimizer update count (micro-step // accumulation)."""
+    tx = optax.MultiSteps(optax.sgd(0.0), 2)
+    schedule = lambda count: 0.1 * (count + 1.0)  # noqa: E731
+    step = jax.jit(lambda s, b: step_lib._train_step(
+        s, b, model=Linear(), tx=tx, schedule=schedule, grad_accum_steps=2, ema_decay=None))
     state = _state(tx, ema=False)
-    batch = _batch(3)
-    _, metrics = _jit_step(tx, 1, None)(state, batch)
     w, b = _wb(state.params)
+    tops = []
+    for i in range(6):
+        batch = _batch(10 + i)
+        state, metrics = step(state, batch)
+        x = batch["image"].reshape(B, -1).astype(np.float64)
+        expected = np.mean(np.argmax(x @ w + b, -1) == np.argmax(batch["label"], -1))
+        assert float(metrics["top1"]) == pytest.approx(expected), i
+        assert float(metrics["lr"]) == pytest.approx(0.1 * (i // 2 + 1)), i
+        tops.append(expected)
+    assert len(set(tops)) > 1  # the batches differ in accuracy: the check has teeth
+
+
+class NormModel(nn.Module):
+    """BatchNorm (running statistics) and a dropout drawing from the 'drop_path' RNG."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = x.reshape(x.shape[0], -1)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+        x = nn.Dropout(0.5, rng_collection="drop_path")(x, deterministic=not train)
+        return nn.Dense(K)(x)
+
+
+def test_train_step_updates_batch_norm_statistics_in_train_mode():
+    model = NormModel()
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 2, 2, 3)))
+    stats = {"BatchNorm_0": {"mean": jnp.full((12,), 0.3), "var": jnp.full((12,), 2.0)}}
+    tx = optax.sgd(0.1)
+    state = state_lib.TrainState(
+        step=jnp.zeros((), jnp.int32), params=variables["params"], batch_stats=stats,
+        opt_state=tx.init(variables["params"]), ema_params=None, rng=jax.random.key_data(jax.random.key(1)),
+    )
+    batch = _batch(5)
+    new_state, metrics = jax.jit(lambda s, b: step_lib._train_step(
+        s, b, model=model, tx=tx, schedule=optax.constant_schedule(0.1), grad_accum_steps=1, ema_decay=None,
+    ))(state, batch)
     x = batch["image"].reshape(B, -1).astype(np.float64)
-    expected = np.mean(np.argmax(x @ w + b, -1) == np.argmax(batch["label"], -1))
-    assert float(metrics["top1"]) == pytest.approx(expected)
+    # Flax: running = momentum * running + (1 - momentum) * batch statistic (biased variance)
+    np.testing.assert_allclose(new_state.batch_stats["BatchNorm_0"]["mean"], 0.9 * 0.3 + 0.1 * x.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(new_state.batch_stats["BatchNorm_0"]["var"], 0.9 * 2.0 + 0.1 * x.var(0), rtol=1e-5)
+    assert np.isfinite(float(metrics["loss"]))
 
 
 @pytest.mark.parametrize("accum", [1, 2])
