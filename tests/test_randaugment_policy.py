@@ -27,9 +27,9 @@ from dmformer_jax.data import randaugment as R
 N_IMAGES = 2500
 
 
-@pytest.fixture(scope="module")
-def draws():
-    """Per image: the list of (op index, magnitude, sign) actually applied."""
+def _record_draws(seeds) -> list[list[tuple[int, float, float]]]:
+    """Per seed: the list of (op index, magnitude, sign) that `rand_augment` (default
+    arguments: timm's m9, mstd0.5, 2 ops, p 0.5) actually applied."""
     calls = []
 
     def record(image, index, magnitude, sign):
@@ -41,13 +41,29 @@ def draws():
     try:
         image = tf.zeros([4, 4, 3], tf.float32)
         per_image = []
-        for i in range(N_IMAGES):
+        for i in seeds:
             start = len(calls)
             R.rand_augment(image, tf.constant([11, i], tf.int64))
             per_image.append(calls[start:])
     finally:
         R.apply_op = original
     return per_image
+
+
+@pytest.fixture(scope="module")
+def all_draws():
+    return _record_draws(range(N_IMAGES))
+
+
+@pytest.fixture
+def draws(all_draws):
+    """The module's draws, after checking that they are a pure function of the seed.
+
+    (Redrawing a few seeds in every test also lets a mutation tool see which tests
+    exercise `rand_augment`, although the big sample is drawn once per module.)
+    """
+    assert _record_draws([0, 1, 7]) == [all_draws[0], all_draws[1], all_draws[7]]
+    return all_draws
 
 
 def _chi2(counts, probs):
