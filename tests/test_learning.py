@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import math
 
+import jax
+import numpy as np
 import pytest
 
+import dmformer_jax.data as data
 from configs.digits import get_config
 from dmformer_jax.train import loop
+from dmformer_jax.train import state as state_lib
 from dmformer_jax.train.logger import read_metrics
 
 STEPS = 30
@@ -39,19 +43,21 @@ def run(tmp_path_factory):
     config.checkpoint_every_steps = 1000
     config.eval_every_steps = 1000
     config.async_checkpointing = False
+    config.optim.ema_decay = 0.5  # EMA on: the reported eval must come from it
     workdir = str(tmp_path_factory.mktemp("learn"))
+    saved = []
     mp = pytest.MonkeyPatch()
-    mp.setattr(loop.ckpt, "save", lambda *args, **kwargs: True)
+    mp.setattr(loop.ckpt, "save", lambda mngr, step, state, meta, **kw: saved.append(state) or True)
     try:
         result = loop.train_and_evaluate(config, workdir)
     finally:
         mp.undo()
     train = [r for r in read_metrics(workdir) if r["split"] == "train"]
-    return result, train
+    return config, result, train, saved[-1]
 
 
 def test_loss_falls_clearly(run):
-    _, train = run
+    _, _, train, _ = run
     assert [r["step"] for r in train] == list(range(5, STEPS + 1, 5))
     first, last = train[0]["loss"], train[-1]["loss"]
     assert first > 0.8 * math.log(10)  # starts near chance (label smoothing 0.1)
@@ -60,9 +66,31 @@ def test_loss_falls_clearly(run):
 
 
 def test_eval_top1_far_above_chance(run):
-    result, _ = run
+    _, result, _, _ = run
     assert result.step == STEPS
     metrics = result.eval_metrics
     assert metrics["num_examples"] == 300
     assert metrics["top1"] > 0.6, metrics  # chance is 0.1
     assert metrics["loss"] < 0.75 * math.log(10), metrics
+
+
+def test_reported_eval_uses_the_ema_parameters(run):
+    """The loop's eval loss equals the EMA parameters' loss (computed here in float64
+    from their logits), and differs from the raw parameters' loss."""
+    config, result, _, state = run
+    model = state_lib.build_model(config, 10)
+    batches = list(data.make_eval_iterator(config, process_index=0, process_count=1))
+    images = np.concatenate([b["image"] for b in batches])
+    labels = np.concatenate([b["label"] for b in batches])
+    mask = np.concatenate([b["mask"] for b in batches])
+    apply = jax.jit(lambda p, x: model.apply({"params": p, "batch_stats": state.batch_stats}, x, train=False))
+
+    def mean_loss(params):
+        z = np.asarray(apply(params, images), np.float64)[mask]
+        z = z - z.max(-1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+        return -np.mean(logp[np.arange(len(z)), labels[mask]])
+
+    ema, raw = mean_loss(state.ema_params), mean_loss(state.params)
+    assert result.eval_metrics["loss"] == pytest.approx(ema, rel=1e-4)
+    assert abs(raw - ema) > 1e-3 * ema, (raw, ema)
