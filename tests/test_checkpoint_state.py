@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import train_synthetic as syn
+from dmformer_jax.errors import CheckpointError
 from dmformer_jax.train import checkpoint as ckpt
 from dmformer_jax.train import loop
 from dmformer_jax.train import mesh as mesh_lib
@@ -75,8 +76,11 @@ def saved(tmp_path_factory):
     state = jax.tree.map(fill, abstract)
     state = state.replace(step=jax.device_put(np.int32(STEP), replicated))
     workdir = str(tmp_path_factory.mktemp("ckpt_state"))
-    mngr = ckpt.make_manager(workdir, async_checkpointing=False)
-    ckpt.save(mngr, STEP, state, loop.checkpoint_meta(config, syn.NUM_CLASSES, STEP), force=True)
+    # Step 6 is off the save interval: after step 4, only a forced save (as the loop's
+    # final one) writes it.
+    mngr = ckpt.make_manager(workdir, save_interval_steps=4, async_checkpointing=False)
+    assert ckpt.save(mngr, 4, state, loop.checkpoint_meta(config, syn.NUM_CLASSES, 4))
+    assert ckpt.save(mngr, STEP, state, loop.checkpoint_meta(config, syn.NUM_CLASSES, STEP), force=True)
     mngr.wait_until_finished()
     mngr.close()
     return config, s, workdir, jax.tree.map(np.asarray, state)
@@ -114,3 +118,34 @@ def test_trainer_resume_restores_the_saved_state_not_a_fresh_one(saved):
     state, start = loop._restore_or_init(config, workdir, s)
     assert start == STEP
     _assert_same_state(state, expected)
+
+
+def _other_model(abstract):
+    """``abstract`` with a 7-class head instead of 5 (another model)."""
+    def head(path, leaf):
+        keys = jax.tree_util.keystr(path)
+        if "['head']['kernel']" in keys:
+            return jax.ShapeDtypeStruct((8, 7), leaf.dtype, sharding=leaf.sharding)
+        if "['head']['bias']" in keys:
+            return jax.ShapeDtypeStruct((7,), leaf.dtype, sharding=leaf.sharding)
+        return leaf
+    return jax.tree_util.tree_map_with_path(head, abstract)
+
+
+def test_restore_into_another_model_names_the_leaf(saved):
+    config, s, workdir, _ = saved
+    other = _other_model(s.abstract_state)
+    mngr = ckpt.make_manager(workdir, read_only=True, async_checkpointing=False)
+    try:
+        with pytest.raises(CheckpointError, match=r"another model or optimizer \(dmformer_tiny_test, 4 classes\): "
+                           r"params/head/bias has shape \(5,\) in the checkpoint but \(7,\) in this run"):
+            ckpt.restore(mngr, STEP, other)
+    finally:
+        mngr.close()
+    # The trainer's resume: a checkpoint of another model is an error, never a fresh start...
+    with pytest.raises(CheckpointError, match="another model or optimizer"):
+        ckpt.restore_latest(workdir, other, model={"name": "something else"}, log=lambda _: None)
+    # ...while one written by this very model that does not fit its tree is damaged.
+    model = loop.checkpoint_meta(config, syn.NUM_CLASSES, 0)["model"]
+    with pytest.raises(CheckpointError, match="no readable checkpoint.*does not match its own model"):
+        ckpt.restore_latest(workdir, other, model=model, log=lambda _: None)
