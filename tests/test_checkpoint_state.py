@@ -80,6 +80,7 @@ def saved(tmp_path_factory):
     # final one) writes it.
     mngr = ckpt.make_manager(workdir, save_interval_steps=4, async_checkpointing=False)
     assert ckpt.save(mngr, 4, state, loop.checkpoint_meta(config, syn.NUM_CLASSES, 4))
+    assert not ckpt.save(mngr, 5, state, loop.checkpoint_meta(config, syn.NUM_CLASSES, 5))  # skipped
     assert ckpt.save(mngr, STEP, state, loop.checkpoint_meta(config, syn.NUM_CLASSES, STEP), force=True)
     mngr.wait_until_finished()
     mngr.close()
