@@ -79,7 +79,8 @@ def saved(tmp_path_factory):
     # Step 6 is off the save interval: after step 4, only a forced save (as the loop's
     # final one) writes it.
     mngr = ckpt.make_manager(workdir, save_interval_steps=4, async_checkpointing=False)
-    assert ckpt.save(mngr, 4, state, loop.checkpoint_meta(config, syn.NUM_CLASSES, 4))
+    older = state.replace(params=jax.tree.map(lambda p: p + 1.0, state.params))
+    assert ckpt.save(mngr, 4, older, loop.checkpoint_meta(config, syn.NUM_CLASSES, 4))
     assert not ckpt.save(mngr, 5, state, loop.checkpoint_meta(config, syn.NUM_CLASSES, 5))  # skipped
     assert ckpt.save(mngr, STEP, state, loop.checkpoint_meta(config, syn.NUM_CLASSES, STEP), force=True)
     mngr.wait_until_finished()
@@ -150,3 +151,16 @@ def test_restore_into_another_model_names_the_leaf(saved):
     model = loop.checkpoint_meta(config, syn.NUM_CLASSES, 0)["model"]
     with pytest.raises(CheckpointError, match="no readable checkpoint.*does not match its own model"):
         ckpt.restore_latest(workdir, other, model=model, log=lambda _: None)
+
+
+def test_restore_reads_the_step_asked_for(saved):
+    _, s, workdir, expected = saved
+    mngr = ckpt.make_manager(workdir, read_only=True, async_checkpointing=False)
+    try:
+        state, meta = ckpt.restore(mngr, 4, s.abstract_state)
+    finally:
+        mngr.close()
+    assert meta["step"] == 4
+    want = jax.tree.map(lambda p: p + 1.0, expected.params)
+    for g, w in zip(jax.tree.leaves(state.params), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(np.asarray(g), w)

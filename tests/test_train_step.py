@@ -218,3 +218,33 @@ def test_eval_step_reports_the_ema_parameters_when_ema_is_on(use_ema):
     z2 = z2 - z2.max(-1, keepdims=True)
     loss2 = -np.sum((z2 - np.log(np.exp(z2).sum(-1, keepdims=True)))[np.arange(n), labels] * mask)
     assert abs(loss2 - loss) > 1e-2 * abs(loss)
+
+
+def test_eval_step_uses_running_statistics_in_inference_mode():
+    """BatchNorm normalises with the stored running statistics (not the batch's), and no
+    dropout RNG is needed: the eval step runs the model with ``train=False``."""
+    model = NormModel()
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 2, 2, 3)))
+    rng = np.random.default_rng(3)
+    mean, var = rng.normal(size=12), rng.uniform(0.5, 2.0, 12)
+    stats = {"BatchNorm_0": {"mean": jnp.asarray(mean, jnp.float32), "var": jnp.asarray(var, jnp.float32)}}
+    mesh = mesh_lib.make_mesh()
+    tx = optax.sgd(0.0)
+    state = state_lib.TrainState(
+        step=jnp.zeros((), jnp.int32), params=variables["params"], batch_stats=stats,
+        opt_state=tx.init(variables["params"]), ema_params=None, rng=jax.random.key_data(jax.random.key(1)),
+    )
+    sharding = jax.tree.map(lambda _: mesh_lib.replicated(mesh), state)
+    state = jax.device_put(state, sharding)
+    eval_step = step_lib.make_eval_step(model, mesh, sharding, use_ema=False)
+    n = 2 * jax.device_count()
+    x = rng.normal(size=(n, 2, 2, 3)).astype(np.float32)
+    labels = rng.integers(0, K, n).astype(np.int32)
+    mask = np.ones(n, bool)
+    sums = jax.device_get(eval_step(state, mesh_lib.global_batch(mesh, {"image": x, "label": labels, "mask": mask})))
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
+    h = (x.reshape(n, -1) - mean) / np.sqrt(var + 1e-5) * p["BatchNorm_0"]["scale"] + p["BatchNorm_0"]["bias"]
+    z = h @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"]
+    z = z - z.max(-1, keepdims=True)
+    loss = -np.sum((z - np.log(np.exp(z).sum(-1, keepdims=True)))[np.arange(n), labels])
+    assert float(sums["loss"]) == pytest.approx(loss, rel=1e-5)
