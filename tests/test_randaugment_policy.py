@@ -57,13 +57,14 @@ def all_draws():
 
 @pytest.fixture
 def draws(all_draws):
-    """The module's draws, after checking that they are a pure function of the seed.
-
-    (Redrawing a few seeds in every test also lets a mutation tool see which tests
-    exercise `rand_augment`, although the big sample is drawn once per module.)
-    """
-    assert _record_draws([0, 1, 7]) == [all_draws[0], all_draws[1], all_draws[7]]
     return all_draws
+
+
+def _check_pure_function_of_seed(all_draws):
+    """Redraws a few seeds inside the test itself (not in a fixture): the draws are a
+    pure function of the seed, and a mutation tool (mutmut records calls made while a
+    test runs, not during fixture setup) sees that this test exercises `rand_augment`."""
+    assert _record_draws([0, 1, 7]) == [all_draws[0], all_draws[1], all_draws[7]]
 
 
 def _chi2(counts, probs):
@@ -73,6 +74,7 @@ def _chi2(counts, probs):
 
 
 def test_ops_per_image_is_binomial_2_half(draws):
+    _check_pure_function_of_seed(draws)
     counts = np.bincount([len(d) for d in draws], minlength=3)
     assert len(counts) == 3  # never more than num_ops = 2
     # chi-square, 2 dof: 13.8 is the 0.1% critical value
@@ -80,6 +82,7 @@ def test_ops_per_image_is_binomial_2_half(draws):
 
 
 def test_each_op_is_applied_with_probability_half_and_chosen_uniformly(draws):
+    _check_pure_function_of_seed(draws)
     applied = [op for d in draws for op in d]
     rate = len(applied) / (2 * N_IMAGES)
     sigma = math.sqrt(0.25 / (2 * N_IMAGES))
@@ -104,6 +107,7 @@ def _clipped_normal_moments(mu, sigma, lo, hi):
 
 
 def test_magnitude_is_normal_9_std_half_clipped_to_10(draws):
+    _check_pure_function_of_seed(draws)
     m = np.array([mag for d in draws for _, mag, _ in d])
     assert m.min() >= 0.0 and m.max() <= 10.0
     mean, std, p_clip = _clipped_normal_moments(9.0, 0.5, 0.0, 10.0)  # 8.996, 0.490, 0.0228
