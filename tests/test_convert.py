@@ -76,3 +76,79 @@ def test_errors_name_the_keys(tiny):
     other_v = jax.eval_shape(other.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     with pytest.raises(ConversionError, match=r"head\.weight: got \(5, 32\), expected \(7, 32\)"):
         flax_to_torch_state_dict(v, like=flax_to_torch_state_dict(jax.tree.map(lambda s: np.empty(s.shape, np.float32), other_v)))
+
+
+# ---------------------------------------------------------------- every leaf, by rule
+# The layout rule, independent of the converter: a Flax HWIO kernel K and its PyTorch
+# weight W compute the same convolution (NumPy sum over K's axes by their meaning vs
+# torch's conv2d on W); a Flax (in, out) kernel and W the same x @ K = linear(x, W);
+# every other leaf is copied. Key rule: the Flax module path joined by '.', and
+# kernel/scale -> weight, mean/var -> running_mean/running_var, bias/gamma as is.
+
+_TORCH_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "gamma": "gamma",
+               "mean": "running_mean", "var": "running_var"}
+
+
+def _conv_hwio_numpy(x, k):
+    """One output position of a (grouped) conv: x (N, kh, kw, Cin), k (kh, kw, I, O) -> (N, O)."""
+    groups = x.shape[-1] // k.shape[2]
+    per_group = k.shape[3] // groups
+    i = k.shape[2]
+    out = np.empty((x.shape[0], k.shape[3]))
+    for o in range(k.shape[3]):
+        g = o // per_group
+        out[:, o] = np.einsum("nhwc,hwc->n", x[..., g * i:(g + 1) * i], k[..., o])
+    return out
+
+
+def _same_function(flax_leaf, torch_leaf, name, rng):
+    import torch
+    import torch.nn.functional as F
+
+    flax_leaf, torch_leaf = np.asarray(flax_leaf, np.float64), np.asarray(torch_leaf, np.float64)
+    if name == "kernel" and flax_leaf.ndim == 4:
+        kh, kw, i, o = flax_leaf.shape
+        assert torch_leaf.shape == (o, i, kh, kw), name  # (O, I/groups, kh, kw)
+        g = o if i == 1 else 1  # depth-wise (I = 1, one group per channel) or dense
+        x = rng.normal(size=(3, kh, kw, i * g))
+        want = _conv_hwio_numpy(x, flax_leaf)
+        got = F.conv2d(torch.from_numpy(x.transpose(0, 3, 1, 2)), torch.from_numpy(torch_leaf), groups=g)
+        np.testing.assert_allclose(got.numpy()[:, :, 0, 0], want, rtol=1e-9, atol=1e-9)
+    elif name == "kernel":
+        x = rng.normal(size=(3, flax_leaf.shape[0]))
+        got = F.linear(torch.from_numpy(x), torch.from_numpy(torch_leaf)).numpy()
+        np.testing.assert_allclose(got, x @ flax_leaf, rtol=1e-9, atol=1e-9)
+    else:
+        np.testing.assert_array_equal(torch_leaf, flax_leaf)
+
+
+def test_every_leaf_follows_the_layout_rule_both_ways(tiny):
+    import dmformer_jax.torch_model as torch_model_mod
+
+    _, v = tiny
+    rng = np.random.default_rng(0)
+    sd = flax_to_torch_state_dict(v)
+    flat = jax.tree_util.tree_leaves_with_path(v)
+    seen = set()
+    for path, leaf in flat:
+        keys = [k.key for k in path]
+        key = ".".join(keys[1:-1]) + "." + _TORCH_LEAF[keys[-1]]
+        assert key in sd, key
+        seen.add(key)
+        _same_function(leaf, sd[key], keys[-1], rng)
+    assert set(sd) - seen == {k for k in sd if k.endswith(".num_batches_tracked")}
+    assert len(seen) == len(flat) > 60
+
+    # PyTorch -> Flax from a real torch model with random weights.
+    import torch
+
+    tm = torch_model_mod.create_torch_model("dmformer_tiny_test", num_classes=5)
+    with torch.no_grad():
+        for t in tm.state_dict().values():
+            if t.dtype.is_floating_point:
+                t.copy_(torch.randn(t.shape, dtype=t.dtype))
+    tsd = {k: t.numpy() for k, t in tm.state_dict().items()}
+    back = torch_state_dict_to_flax(tm.state_dict(), like=v)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(back):
+        keys = [k.key for k in path]
+        _same_function(leaf, tsd[".".join(keys[1:-1]) + "." + _TORCH_LEAF[keys[-1]]], keys[-1], rng)

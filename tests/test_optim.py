@@ -98,3 +98,48 @@ def test_clipping_and_accumulation():
     u2, state = tx.update(g2, state, params)
     # Mean gradient (20, 0, 0, 0) is clipped to norm 1, then Adam's first step ~ -lr·sign.
     np.testing.assert_allclose(u2["w"], [-float(sched(0)), 0, 0, 0], rtol=1e-5)
+
+
+def test_plan_edge_cases_round_down_and_clamp_the_warmup():
+    # Steps not a multiple of the accumulation: whole updates only.
+    c = _config(grad_accum_steps=4)
+    c.num_train_steps = 1003
+    plan = optim.plan_steps(c, num_train_examples=25_600)
+    assert plan.total_updates == 250 and isinstance(plan.total_updates, int)
+    assert plan.steps_per_epoch == pytest.approx(25_600 / 256)
+    # Fewer steps than one accumulation: still one update, and no warm-up.
+    c.num_train_steps = 1
+    plan = optim.plan_steps(c, num_train_examples=25_600)
+    assert (plan.total_updates, plan.warmup_updates) == (1, 0)
+    # Warm-up longer than the run is clamped to leave one decaying update...
+    for total, expected_warmup in ((2, 1), (3, 2), (10, 9)):
+        c = _config(warmup_epochs=5.0)
+        c.num_train_steps = total
+        plan = optim.plan_steps(c, num_train_examples=25_600)
+        assert (plan.total_updates, plan.warmup_updates) == (total, expected_warmup), total
+        # ...and the schedule still ends at min_lr on the last update.
+        sched = optim.learning_rate_schedule(c, plan)
+        assert float(sched(plan.total_updates)) == pytest.approx(c.optim.min_lr, rel=1e-5)
+        assert float(sched(plan.warmup_updates)) == pytest.approx(plan.peak_lr, rel=1e-5)
+
+
+def test_two_adamw_steps_use_the_configured_betas():
+    """Two AdamW steps with b1 = 0.5, b2 = 0.8 against NumPy (one step cannot tell the
+    betas apart: bias correction makes it lr * sign(g))."""
+    b1, b2, eps, wd = 0.5, 0.8, 1e-8, 0.1
+    c = _config(weight_decay=wd, b1=b1, b2=b2, grad_clip_norm=None)
+    c.optim.warmup_epochs = 0.0
+    plan = optim.plan_steps(c, num_train_examples=25_600)
+    tx, sched = optim.make_optimizer(c, plan)
+    p = np.array([[1.0, -2.0], [0.5, 3.0]])
+    params = {"dense": {"kernel": jnp.asarray(p, jnp.float32)}}
+    state = tx.init(params)
+    m = v = np.zeros_like(p)
+    for t, g in enumerate((np.array([[0.3, -1.0], [2.0, 0.1]]), np.array([[-0.7, 0.4], [0.2, 1.5]])), start=1):
+        updates, state = tx.update({"dense": {"kernel": jnp.asarray(g, jnp.float32)}}, state, params)
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
+        want = -float(sched(t - 1)) * (m_hat / (np.sqrt(v_hat) + eps) + wd * p)
+        np.testing.assert_allclose(updates["dense"]["kernel"], want, rtol=1e-5, err_msg=f"step {t}")
+        p = p + want
+        params = {"dense": {"kernel": jnp.asarray(p, jnp.float32)}}

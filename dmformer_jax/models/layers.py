@@ -21,7 +21,11 @@ Dtype = Any
 Array = jax.Array
 
 # Truncated normal std 0.02 for kernels, zeros for biases (spec: "Init").
-kernel_init = nn.initializers.truncated_normal(stddev=0.02)
+# `truncated_normal(stddev)` scales a standard normal truncated to [-2, 2], whose own
+# std is 0.8796, so it alone would give std 0.0176; divide it out (as Flax's
+# variance_scaling does) so the kernels' std is 0.02 like timm's trunc_normal_(std=.02).
+TRUNCATED_STD_OF_UNIT_NORMAL = 0.87962566103423978  # std of N(0, 1) truncated to [-2, 2]
+kernel_init = nn.initializers.truncated_normal(stddev=0.02 / TRUNCATED_STD_OF_UNIT_NORMAL)
 bias_init = nn.initializers.zeros
 
 LAYER_NORM_EPS = 1e-6
