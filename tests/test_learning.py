@@ -47,7 +47,7 @@ def run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("learn"))
     saved = []
     mp = pytest.MonkeyPatch()
-    mp.setattr(loop.ckpt, "save", lambda mngr, step, state, meta, **kw: saved.append(state) or True)
+    mp.setattr(loop.ckpt.Saver, "save", lambda self, step, state, meta, **kw: saved.append(state))
     try:
         result = loop.train_and_evaluate(config, workdir)
     finally:
