@@ -432,10 +432,6 @@ class _Pod:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not os.environ.get("DMFORMER_POD_REHEARSAL"),
-    reason="~11 min on 2 cores (docs/reliability.md); run with DMFORMER_POD_REHEARSAL=1",
-)
 def test_pod_rehearsal_4_processes_preempt_one_resume(tmp_path_factory):
     """4 processes x 2 devices on the dmformer_s recipe: SIGTERM to ONE process makes
     all save the same step and exit 143; the rerun ends with the state of an
