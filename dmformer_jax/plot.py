@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Sequence
 
-from dmformer_jax.paths import resolve
+from dmformer_jax.paths import is_url, resolve
 from dmformer_jax.train.logger import read_metrics
 
 
@@ -51,7 +51,7 @@ def plot_run(workdir: str, out: str | None = None) -> str:
     fig.suptitle(os.path.basename(os.path.normpath(workdir)))
     fig.tight_layout()
     out = resolve(out) if out else os.path.join(workdir, "curves.png")
-    if "://" in out:  # gs:// etc.: through TensorFlow's file systems
+    if is_url(out):  # gs:// etc.: through TensorFlow's file systems
         import io
 
         import tensorflow as tf

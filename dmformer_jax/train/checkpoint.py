@@ -39,7 +39,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from dmformer_jax.errors import CheckpointError, CheckpointSaveError
-from dmformer_jax.paths import resolve
+from dmformer_jax.paths import is_url, resolve
 
 STATE, META = "state", "meta"
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -207,7 +207,7 @@ def _files(step_dir: epath.Path) -> list[str]:
 
 def _walk(root: str):
     """``os.walk`` for local folders, TF's gfile walk for URLs (gs:// ...)."""
-    if "://" in root:
+    if is_url(root):
         import tensorflow as tf  # late: slow to import, and only needed for remote workdirs
 
         return tf.io.gfile.walk(root)

@@ -17,6 +17,8 @@ from typing import Mapping
 
 import jax
 
+from dmformer_jax.paths import is_url
+
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_SUBDIR = "tensorboard"
 PARTS_SUBDIR = "metrics_parts"  # remote workdirs: metrics_parts/NNNNNNNN.jsonl
@@ -59,10 +61,6 @@ def progress_line(step: int, total: int, metrics: Mapping[str, float], img_per_s
     )
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in path  # gs://, ram://, file://...: TensorFlow's file systems
-
-
 def _next_part(parts_dir: str, tf) -> int:
     """The number after the highest ``NNNNNNNN.jsonl`` in ``parts_dir`` (0 if none)."""
     if not tf.io.gfile.isdir(parts_dir):
@@ -95,7 +93,7 @@ class MetricsWriter:
         self._enabled = is_chief()
         self._workdir = workdir
         self._path = os.path.join(workdir, METRICS_FILE)
-        self._remote = _is_remote(workdir)
+        self._remote = is_url(workdir)
         self._flush_secs = float(flush_secs)
         self._tb = None
         self._pending: list[str] = []  # remote: records since the last upload
@@ -215,7 +213,7 @@ def read_metrics(workdir: str) -> list[dict]:
     Works on any path TensorFlow's file systems handle (local, ``gs://``, ...).
     """
     path = os.path.join(workdir, METRICS_FILE)
-    if not _is_remote(workdir):
+    if not is_url(workdir):
         texts = [open(path).read()] if os.path.exists(path) else []
     else:
         import tensorflow as tf
