@@ -119,9 +119,12 @@ def time_training(name, impl, batch, res, steps, max_step_s):
     ref_loss = lambda p, b, x, y: optax.softmax_cross_entropy_with_integer_labels(  # noqa: E731
         ref.apply({"params": p, "batch_stats": b}, x, train=True, mutable=["batch_stats"],
                   rngs={"drop_path": key})[0], y).mean()
-    cost = jax.jit(jax.grad(ref_loss)).lower(params, bstats, x, y).cost_analysis()
+    # Counted on the CPU backend: on GPU (jax 0.11) Lowered.cost_analysis() is None and the
+    # compiled one leaves out cuDNN's convolutions (custom calls), about 12x too few FLOPs.
+    ref_lowered = jax.jit(jax.grad(ref_loss)).lower(*jax.device_put((params, bstats, x, y), jax.devices("cpu")[0]))
+    cost = ref_lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    flops = float(cost["flops"])
+    flops = float(cost["flops"]) if cost and "flops" in cost else float("nan")
     times, losses = [], []
     for i in range(steps + 1):
         t = time.perf_counter()
@@ -163,6 +166,7 @@ def main(argv=None) -> int:
     p.add_argument("--tol", type=float, default=2e-3, help="relative tolerance GPU vs CPU (float32)")
     p.add_argument("--max-step-s", type=float, default=30.0, help="an impl slower than this per step gets 1 timed step")
     p.add_argument("--smoke", action="store_true", help="dmformer_tiny_test, batch 2, 64 px, 2 steps")
+    p.add_argument("--no-check", action="store_true", help="skip the GPU-vs-CPU output check")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if args.smoke:
@@ -172,7 +176,8 @@ def main(argv=None) -> int:
     print(f"device: {device.device_kind} ({jax.default_backend()}), JAX {jax.__version__}, impls {impls}", flush=True)
     result = {"device": device.device_kind, "backend": jax.default_backend(), "jax": jax.__version__,
               "model": args.model, "batch": args.batch, "res": args.res}
-    result["check"] = check_outputs(args.model, impls, args.res if args.smoke else 224, args.check_batch, args.tol)
+    result["check"] = {} if args.no_check else check_outputs(
+        args.model, impls, args.res if args.smoke else 224, args.check_batch, args.tol)
     result["train_bf16"] = {}
     for impl in impls:
         result["train_bf16"][impl] = time_training(args.model, impl, args.batch, args.res, args.steps, args.max_step_s)

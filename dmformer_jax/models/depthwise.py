@@ -6,11 +6,12 @@ with symmetric zero padding ``padding`` (``H' = H + 2·padding − d·(k−1)``)
 
 Implementations (timings in ``docs/benchmarks.md``):
   - ``'xla'``: ``lax.conv_general_dilated(feature_group_count=C)``, what
-    ``nn.Conv`` runs. Fast on GPU/TPU; 8–80× slower than PyTorch on XLA's CPU
-    backend.
+    ``nn.Conv`` runs. The TPU default; slow on XLA's CPU backend and, in training,
+    on GPU (cuDNN's grouped-conv backward).
   - ``'shift_add'``: the same arithmetic as a sum of k² shifted, per-channel scaled
-    slices, which XLA fuses into one elementwise loop; gradients by autodiff (whose
-    kernel gradient is k² separate full-size reductions: slow).
+    slices, which XLA fuses into one elementwise loop, summed in float32; gradients by
+    autodiff (the kernel gradient is k² full-size reductions: slow on CPU, the fastest
+    training path measured on GPU).
   - ``'shift_add_vjp'``: the shift-and-add forward with a custom VJP. The input
     gradient is the same shift-and-add (flipped kernel on the output gradient). The
     kernel gradient ``dK[i, j, c] = Σ_{b,h,w} x_pad[b, h+i·d, w+j·d, c]·g[b, h, w, c]``
@@ -75,11 +76,15 @@ def shift_add_depthwise(x: Array, kernel: Array, *, dilation: int, padding: int)
     x_pad = _pad_hw(x, padding)
     out_h = x_pad.shape[1] - dilation * (k_h - 1)
     out_w = x_pad.shape[2] - dilation * (k_w - 1)
+    # Sum the k² taps in float32 (XLA fuses the casts: memory traffic stays in x's
+    # dtype). Under autodiff this also makes the kernel gradient's reductions over
+    # (B, H, W) accumulate in float32; in bfloat16 they lost up to 16% (measured).
+    acc = jnp.promote_types(x.dtype, jnp.float32)
     out = None
     for i, j, window in _windows(x_pad, k_h, k_w, dilation, out_h, out_w):
-        term = window * kernel[i, j, 0]
+        term = window.astype(acc) * kernel[i, j, 0].astype(acc)
         out = term if out is None else out + term
-    return out
+    return out.astype(x.dtype)
 
 
 def _kernel_grad(x: Array, g: Array, k_h: int, k_w: int, dilation: int, padding: int) -> Array:
@@ -149,12 +154,13 @@ IMPLEMENTATIONS: dict[str, DepthwiseFn] = {
 }
 
 # Chosen from measurement (docs/benchmarks.md): on the CPU backend XLA's grouped conv
-# is 8–80× slower than the fused shift-and-add, and the custom VJP makes training
-# several times faster than autodiff of it. On GPU/TPU XLA's own conv is used until
-# benchmarks/gpu_check.py says otherwise.
+# is far slower than the fused shift-and-add, and the custom VJP makes training several
+# times faster than autodiff of it. On GPU (H100, bf16 training) autodiff of the
+# shift-and-add beat cuDNN's grouped conv, whose backward is slow, and the row scan of
+# the custom VJP is a poor fit. TPU keeps XLA's conv until it is measured.
 DEFAULT_IMPL_BY_BACKEND: dict[str, str] = {
     "cpu": "shift_add_vjp",
-    "gpu": "xla",
+    "gpu": "shift_add",
     "tpu": "xla",
 }
 
