@@ -23,3 +23,15 @@ class CheckpointError(UserError):
 
 class CheckpointSaveError(CheckpointError):
     """A checkpoint could not be written (bad path, permission denied, disk full)."""
+
+
+def first_line(exc: BaseException, limit: int | None = 200) -> str:
+    """The first line of ``exc``'s message (its type name when empty), cut to ``limit``.
+
+    A ``KeyError``'s quotes are dropped: ``KeyError('x not found')`` gives ``x not found``.
+    """
+    text = str(exc).strip()
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1]
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if limit is None else line[:limit]

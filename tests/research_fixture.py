@@ -1,7 +1,7 @@
 """A small trained-looking checkpoint for the research-API tests, saved on 8 devices.
 
 Built once per test session (cached under pytest's base temp dir) with the project's
-own helpers: `TrainState` + `dmformer_jax.train.checkpoint.save` + the trainer's
+own helpers: `TrainState` + `dmformer_jax.checkpoint.save` + the trainer's
 `checkpoint_meta`, exactly what ``train.py`` writes. The EMA is made different from
 the raw parameters so tests can tell which one `load` returned.
 """
@@ -32,7 +32,7 @@ def make_checkpoint(workdir: str) -> dict:
 
     Uses every device this process has (8 fake CPU devices under tests/conftest.py).
     """
-    from dmformer_jax.train import checkpoint as ckpt
+    from dmformer_jax import checkpoint as ckpt
     from dmformer_jax.train import mesh as mesh_lib
     from dmformer_jax.train import state as state_lib
     from dmformer_jax.train.loop import checkpoint_meta

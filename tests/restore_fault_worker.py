@@ -27,7 +27,7 @@ jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processe
 import numpy as np  # noqa: E402
 
 from dmformer_jax.errors import CheckpointError  # noqa: E402
-from dmformer_jax.train import checkpoint as ckpt  # noqa: E402
+from dmformer_jax import checkpoint as ckpt  # noqa: E402
 from dmformer_jax.train import mesh as mesh_lib  # noqa: E402
 
 mesh = mesh_lib.make_mesh()
@@ -40,7 +40,7 @@ def state_of(step):
     return {"w": jax.device_put(np.full((8,), float(step), np.float32), rep)}
 
 
-real_read = ckpt._read
+real_read = ckpt.training._read
 CASES = {"transient": (1, 1), "persistent": (1, 100), "chief": (0, 100)}  # (faulty process, failures)
 
 for case, (faulty, failures) in CASES.items():
@@ -58,16 +58,16 @@ for case, (faulty, failures) in CASES.items():
             return None, "injected read error"
         return real_read(mngr, step, abstract_state, model)
 
-    ckpt._read = faulty_read
+    ckpt.training._read = faulty_read
     try:
-        state, meta, step = ckpt.restore_latest(workdir, abstract, model=MODEL, log=lambda m: None,
+        state, meta, step = ckpt.restore_latest(workdir, abstract, architecture=MODEL, log=lambda m: None,
                                                 read_attempts=3, retry_delay_s=0.01)
         w = float(np.asarray(state["w"].addressable_data(0))[0])
         outcome = f"step={step}"
     except CheckpointError as e:
         outcome, w = "CheckpointError", float("nan")
         print(f"MESSAGE {case} {e}", flush=True)
-    ckpt._read = real_read
+    ckpt.training._read = real_read
     print(f"RESULT {case} {outcome} {w}", flush=True)
 
 jax.distributed.shutdown()

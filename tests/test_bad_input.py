@@ -29,7 +29,7 @@ def _write_checkpoint(workdir, *overrides: str, num_classes: int = 10, step: int
     import jax
     import numpy as np
 
-    from dmformer_jax.train import checkpoint as ckpt
+    from dmformer_jax import checkpoint as ckpt
     from dmformer_jax.train import cli, loop, mesh as mesh_lib, optim, state as state_lib
 
     config = cli.parse_args(["train.py", *sr.TINY, *overrides, "--workdir", str(workdir)]).config

@@ -15,7 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from dmformer_jax.train import checkpoint as ckpt
+from dmformer_jax import checkpoint as ckpt
 
 STEPS = (1, 2)
 

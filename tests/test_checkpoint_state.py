@@ -16,7 +16,7 @@ import pytest
 
 import train_synthetic as syn
 from dmformer_jax.errors import CheckpointError
-from dmformer_jax.train import checkpoint as ckpt
+from dmformer_jax import checkpoint as ckpt
 from dmformer_jax.train import loop
 from dmformer_jax.train import mesh as mesh_lib
 from dmformer_jax.train import optim
@@ -139,18 +139,19 @@ def test_restore_into_another_model_names_the_leaf(saved):
     other = _other_model(s.abstract_state)
     mngr = ckpt.make_manager(workdir, read_only=True, async_checkpointing=False)
     try:
-        with pytest.raises(CheckpointError, match=r"another model or optimizer \(dmformer_tiny_test, 4 classes\): "
+        with pytest.raises(CheckpointError, match=r"another model or optimizer \(dmformer_tiny_test, depths \(1, 1, 1, 1\), widths \(8, 16, 24, 32\), "
+                           r"4 classes\): "
                            r"params/head/bias has shape \(5,\) in the checkpoint but \(7,\) in this run"):
             ckpt.restore(mngr, STEP, other)
     finally:
         mngr.close()
     # The trainer's resume: a checkpoint of another model is an error, never a fresh start...
     with pytest.raises(CheckpointError, match="another model or optimizer"):
-        ckpt.restore_latest(workdir, other, model={"name": "something else"}, log=lambda _: None)
+        ckpt.restore_latest(workdir, other, architecture={"depths": [9]}, log=lambda _: None)
     # ...while one written by this very model that does not fit its tree is damaged.
-    model = loop.checkpoint_meta(config, syn.NUM_CLASSES, 0)["model"]
+    architecture = loop.checkpoint_meta(config, syn.NUM_CLASSES, 0)["architecture"]
     with pytest.raises(CheckpointError, match="no readable checkpoint.*does not match its own model"):
-        ckpt.restore_latest(workdir, other, model=model, log=lambda _: None)
+        ckpt.restore_latest(workdir, other, architecture=architecture, log=lambda _: None)
 
 
 def test_restore_reads_the_step_asked_for(saved):

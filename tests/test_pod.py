@@ -356,7 +356,7 @@ def final_state(workdir):
     import jax
     import orbax.checkpoint as ocp
 
-    from dmformer_jax.train.checkpoint import read_meta
+    from dmformer_jax.checkpoint import read_meta
 
     meta, step = read_meta(str(workdir))
     path = os.path.join(str(workdir), "checkpoints", str(step), "state")

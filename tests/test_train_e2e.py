@@ -89,7 +89,7 @@ def _final_state(workdir):
     import jax
     import orbax.checkpoint as ocp
 
-    from dmformer_jax.train.checkpoint import read_meta
+    from dmformer_jax.checkpoint import read_meta
 
     meta, step = read_meta(workdir)
     path = os.path.join(workdir, "checkpoints", str(step), "state")
@@ -130,7 +130,7 @@ def test_resume_matches_uninterrupted(env, uninterrupted, tmp_path):
     step_b, b, _ = _final_state(workdir)
     assert step_a == step_b == TOTAL == int(a["step"]) == int(b["step"])
     # Params moved (the comparison is not between two untouched initialisations).
-    assert meta_a["model"]["name"] == "dmformer_tiny_test" and meta_a["num_classes"] == 10
+    assert meta_a["variant"] == "dmformer_tiny_test" and meta_a["num_classes"] == 10
     for key in ("params", "batch_stats", "ema_params", "opt_state"):
         _assert_same(a[key], b[key], atol=1e-6)
 

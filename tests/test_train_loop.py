@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import train_synthetic as syn
-from dmformer_jax.train import checkpoint as ckpt
+from dmformer_jax import checkpoint as ckpt
 from dmformer_jax.train import loop
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ from typing import Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from dmformer_jax.errors import CheckpointSaveError, ConfigError, UserError
+from dmformer_jax.errors import CheckpointSaveError, ConfigError, UserError, first_line
 from dmformer_jax.host_memory import keep_freed_host_memory
 
 USER_ERROR_EXIT_CODE = 2
@@ -34,13 +34,6 @@ class Args:
 
 def _override_keys(argv: Sequence[str]) -> list[str]:
     return [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    if len(text) > 1 and text[0] == text[-1] and text[0] in "\"'":
-        text = text[1:-1]
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _unknown_key_message(exc: BaseException, argv: Sequence[str]) -> str:
@@ -115,15 +108,15 @@ def parse_args(argv: Sequence[str], *, config_required: bool = True) -> Args:
         if config is not None:
             config.keys()  # a failed load is deferred until first use: surface it here
     except flags.Error as e:
-        raise ConfigError(_bad_value_message(_one_line(e), argv)) from None
+        raise ConfigError(_bad_value_message(first_line(e, None), argv)) from None
     except (AttributeError, KeyError) as e:
         raise ConfigError(_unknown_key_message(e, argv)) from None
     except OSError as e:
         raise ConfigError(
-            f"cannot load the config file: {_one_line(e)}; pass e.g. --config configs/digits.py"
+            f"cannot load the config file: {first_line(e, None)}; pass e.g. --config configs/digits.py"
         ) from None
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"bad config override: {_one_line(e)}") from None
+        raise ConfigError(f"bad config override: {first_line(e, None)}") from None
     if config is None:
         raise ConfigError("--config is required, e.g. --config configs/digits.py")
     return Args(config, fv.workdir, fv.eval_only, fv.step)
@@ -217,7 +210,7 @@ def init_distributed(config) -> bool:
         )
     except (ValueError, RuntimeError) as e:
         raise ConfigError(
-            f"jax.distributed.initialize failed: {_one_line(e)}; set config.coordinator_address, "
+            f"jax.distributed.initialize failed: {first_line(e, None)}; set config.coordinator_address, "
             "num_processes and process_id, or run where JAX detects the cluster (Cloud TPU, SLURM, "
             "Open MPI), or pass --config.distributed=False for one process"
         ) from None
@@ -269,11 +262,11 @@ def main(argv: Sequence[str] | None = None, *, eval_entry: bool = False) -> int:
         finally:
             shutdown_distributed(args.config)
     except CheckpointSaveError as e:
-        return _error(_one_line(e), SAVE_FAILED_EXIT_CODE)
+        return _error(first_line(e, None), SAVE_FAILED_EXIT_CODE)
     except UserError as e:
-        return _error(_one_line(e), USER_ERROR_EXIT_CODE)
+        return _error(first_line(e, None), USER_ERROR_EXIT_CODE)
     except TrainingDivergedError as e:
-        return _error(_one_line(e), DIVERGED_EXIT_CODE)
+        return _error(first_line(e, None), DIVERGED_EXIT_CODE)
     except Preempted as e:
         print(str(e), flush=True)
         print(f"preempted: {e}", file=sys.stderr, flush=True)

@@ -22,9 +22,9 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from dmformer_jax import checkpoint as ckpt
 from dmformer_jax.errors import CheckpointError, ConfigError
 from dmformer_jax.paths import resolve
-from dmformer_jax.train import checkpoint as ckpt
 from dmformer_jax.train import mesh as mesh_lib
 from dmformer_jax.train import optim
 from dmformer_jax.train import state as state_lib
@@ -158,27 +158,25 @@ def resolve_config_paths(config: ml_collections.ConfigDict) -> None:
 def checkpoint_meta(
     config: ml_collections.ConfigDict, num_classes: int, step: int
 ) -> dict[str, Any]:
-    """The JSON item saved with every checkpoint: enough to rebuild the model."""
-    kwargs = state_lib.model_kwargs(config)
-    kwargs["dtype"] = state_lib.resolve_dtype(config.model.dtype)  # what this run computes in
-    variant = state_lib.get_variant(config.model.name)
-    crop_pct = config.data.crop_pct if config.data.crop_pct is not None else variant.crop_pct
+    """The metadata record (schema v2) saved with every checkpoint: rebuilds the model."""
     import json
 
-    return {
-        "format": "dmformer_jax.train/1",
-        "step": int(step),
-        "model": {"name": config.model.name, "num_classes": int(num_classes), "kwargs": kwargs},
-        "num_classes": int(num_classes),
-        "dataset": config.data.name,
-        "image_size": int(config.data.image_size),
-        "eval_image_size": int(config.data.eval_image_size or config.data.image_size),
-        "crop_pct": float(crop_pct),
-        "mean": [float(v) for v in config.data.mean],
-        "std": [float(v) for v in config.data.std],
-        "ema": config.optim.ema_decay is not None,
-        "config": json.loads(config.to_json_best_effort()),
-    }
+    model = state_lib.build_model(config, num_classes)  # with the dtype this run computes in
+    crop_pct = config.data.crop_pct
+    if crop_pct is None:
+        crop_pct = state_lib.get_variant(config.model.name).crop_pct
+    return ckpt.metadata.record(
+        model,
+        image_size=int(config.data.image_size),
+        eval_image_size=int(config.data.eval_image_size or config.data.image_size),
+        crop_pct=crop_pct,
+        mean=config.data.mean,
+        std=config.data.std,
+        dataset=config.data.name,
+        step=step,
+        ema=config.optim.ema_decay is not None,
+        config=json.loads(config.to_json_best_effort()),
+    )
 
 
 class _SigtermFlag:
@@ -386,9 +384,9 @@ def train_and_evaluate(
 def _restore_or_init(config, workdir: str, s: _Setup) -> tuple[Any, int]:
     """``(state, start_step)``: the newest readable checkpoint, else a fresh (or
     ``init_from``) state. Unreadable newer checkpoints are skipped with a warning."""
-    model_meta = checkpoint_meta(config, s.num_classes, 0)["model"]
+    architecture = checkpoint_meta(config, s.num_classes, 0)["architecture"]
     restored = ckpt.restore_latest(
-        workdir, s.abstract_state, model=model_meta, log=log,
+        workdir, s.abstract_state, architecture=architecture, log=log,
         read_attempts=int(config.get("checkpoint_read_attempts", 3)),
     )
     if restored is not None:

@@ -1,23 +1,16 @@
-"""Orbax checkpoints of a run: the `TrainState` plus a JSON metadata item.
+"""Orbax checkpoints of a training run: the `TrainState` plus the metadata record.
 
-Layout: ``WORKDIR/checkpoints/<step>/{state,meta}``. ``meta`` says how to rebuild the
-model (variant name, `create_model` overrides, num_classes, image size, mean/std,
-crop_pct) and holds the run's config, so a checkpoint is usable without its config file
-(`dmformer_jax.eval`, `dmformer_jax.load`).
+Layout and names: `dmformer_jax.checkpoint.layout`; the record: `.metadata` (schema
+v2: the full architecture, so a checkpoint rebuilds its model without the registry).
 
 Faults (docs/reliability.md): Orbax writes a step into ``<step>.orbax-checkpoint-tmp-*``
 and renames it into place when complete, so a kill mid-write leaves only that folder;
 `restore_latest` warns about it and never reads it (the writing manager then removes
-it). A finished step that cannot be read (truncated or garbled files) is skipped
-newest-first with a warning and moved to ``WORKDIR/checkpoints_unreadable/`` (kept,
-never deleted), so neither a rerun's save of that step nor ``max_to_keep`` rotation
-can collide with it or count it instead of a good one.
-
-Integrity: once Orbax has committed a step, process 0 writes
-``<step>/dmformer_manifest.json`` with the SHA-256 of every file of the step. A restore
-verifies it first; a mismatch (a flipped bit that still leaves the arrays readable)
-makes the step unreadable, handled as above. Steps without a manifest (written before
-manifests existed, or killed between commit and manifest) are read unverified.
+it). A finished step that cannot be read (truncated or garbled files, or files that
+no longer match their checksum manifest, `.manifest`) is skipped newest-first with a
+warning and moved to ``WORKDIR/checkpoints_unreadable/`` (kept, never deleted), so
+neither a rerun's save of that step nor ``max_to_keep`` rotation can collide with it or
+count it instead of a good one.
 
 Failed saves: `Saver` starts Orbax's asynchronous saves and raises
 `CheckpointSaveError` at the next step boundary after one fails in the background
@@ -27,8 +20,6 @@ Failed saves: `Saver` starts Orbax's asynchronous saves and raises
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
-import json
 import os
 import time
 from typing import Any, Callable
@@ -38,25 +29,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from dmformer_jax.errors import CheckpointError, CheckpointSaveError
-from dmformer_jax.paths import is_url, resolve
-
-STATE, META = "state", "meta"
-CHECKPOINT_SUBDIR = "checkpoints"
-UNREADABLE_SUBDIR = "checkpoints_unreadable"
-PARTIAL_MARKER = ".orbax-checkpoint-tmp"
-MANIFEST = "dmformer_manifest.json"
-MANIFEST_FORMAT = "dmformer_jax.manifest/1"
-_HASH_CHUNK = 1 << 22
-
-
-def checkpoint_dir(workdir: str) -> epath.Path:
-    """Where the checkpoints of ``workdir`` live (absolute local path, or ``gs://``).
-
-    Orbax saves only to absolute paths (a relative one fails in its save thread).
-    """
-    return epath.Path(resolve(workdir)) / CHECKPOINT_SUBDIR
-
+from dmformer_jax.checkpoint.layout import (
+    META, PARTIAL_MARKER, STATE, UNREADABLE_SUBDIR, checkpoint_dir,
+)
+from dmformer_jax.checkpoint import metadata
+from dmformer_jax.checkpoint.manifest import verify_manifest, write_manifest
+from dmformer_jax.errors import CheckpointError, CheckpointSaveError, first_line
+from dmformer_jax.paths import resolve
 
 def _handlers() -> dict[str, Any]:
     # Explicit handlers (not just item names) so item_metadata can read a step's tree
@@ -190,76 +169,12 @@ class Saver:
     def _failed(self, step: int, cause: BaseException) -> CheckpointSaveError:
         where = os.fspath(self._step_dir(step))
         return CheckpointSaveError(f"checkpoint step {step} could not be written to {where}: "
-                                   f"{type(cause).__name__}: {_first_line(cause)}")
-
-
-def _files(step_dir: epath.Path) -> list[str]:
-    """Relative paths of every file under ``step_dir`` except the manifest, sorted."""
-    root = os.fspath(step_dir)
-    out = []
-    for parent, _, names in _walk(root):
-        for name in names:
-            rel = os.path.relpath(os.path.join(parent, name), root)
-            if rel != MANIFEST:
-                out.append(rel)
-    return sorted(out)
-
-
-def _walk(root: str):
-    """``os.walk`` for local folders, TF's gfile walk for URLs (gs:// ...)."""
-    if is_url(root):
-        import tensorflow as tf  # late: slow to import, and only needed for remote workdirs
-
-        return tf.io.gfile.walk(root)
-    return os.walk(root)
-
-
-def _sha256(path: epath.Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_manifest(step_dir: epath.Path) -> None:
-    """Writes ``step_dir/dmformer_manifest.json``: the SHA-256 and size of every file."""
-    files = {rel: {"sha256": _sha256(step_dir / rel), "bytes": (step_dir / rel).stat().length}
-             for rel in _files(step_dir)}
-    tmp = step_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps({"format": MANIFEST_FORMAT, "files": files}, indent=1))
-    tmp.rename(step_dir / MANIFEST)  # a reader never sees half a manifest
-
-
-def verify_manifest(step_dir: epath.Path) -> str | None:
-    """None when ``step_dir`` matches its manifest (or has none); else what differs."""
-    path = step_dir / MANIFEST
-    if not path.exists():
-        return None
-    try:
-        files = json.loads(path.read_text())["files"]
-    except (ValueError, KeyError, TypeError) as e:
-        return f"its checksum manifest {MANIFEST} is unreadable ({_first_line(e)})"
-    present = set(_files(step_dir))
-    for rel, want in sorted(files.items()):
-        if rel not in present:
-            return f"{rel} is missing (listed in {MANIFEST})"
-        if _sha256(step_dir / rel) != want["sha256"]:
-            return f"{rel} does not match its SHA-256 in {MANIFEST} (changed since it was saved)"
-    extra = sorted(present - set(files))
-    if extra:
-        return f"{extra[0]} is not in {MANIFEST} (added since it was saved)"
-    return None
+                                   f"{type(cause).__name__}: {first_line(cause)}")
 
 
 def latest_step(mngr: ocp.CheckpointManager) -> int | None:
     """The newest finished checkpoint's step, or None when there is none."""
     return mngr.latest_step()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:200]
 
 
 def _key_name(key: Any) -> str:
@@ -288,14 +203,14 @@ def _mismatch(saved: dict[str, tuple], wanted: dict[str, tuple]) -> str | None:
     return None
 
 
-def _describe_model(meta: dict) -> str:
-    model = meta.get("model", {})
-    kwargs = model.get("kwargs", {})
-    extra = "".join(f", {k} {tuple(kwargs[k])}" for k in ("widths", "depths") if k in kwargs)
-    return f"{model.get('name')}{extra}, {meta.get('num_classes')} classes"
+def _architecture(meta: dict) -> dict | None:
+    try:
+        return metadata.upgrade(meta)["architecture"]
+    except Exception:  # noqa: BLE001  (unreadable metadata: not the same model)
+        return None
 
 
-def _read(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, model: dict | None):
+def _read(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, architecture: dict | None):
     """``(state, meta)`` of ``step``; None plus the reason when the files are unreadable.
 
     Raises:
@@ -311,14 +226,14 @@ def _read(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, model: di
             raise ValueError(f"the {META} item is not a JSON object")
         saved = _shapes(mngr.item_metadata(step)[STATE])
     except Exception as e:  # noqa: BLE001  (any failure to read is corruption)
-        return None, _first_line(e)
+        return None, first_line(e)
     problem = _mismatch(saved, _shapes(abstract_state))
     if problem is not None:
-        if model is not None and meta.get("model") == model:
+        if architecture is not None and _architecture(meta) == architecture:
             # Written by this very model, yet its tree does not fit: damaged metadata.
             return None, f"its array metadata does not match its own model ({problem})"
         raise CheckpointError(
-            f"checkpoint {directory}/{step} is of another model or optimizer ({_describe_model(meta)}): "
+            f"checkpoint {directory}/{step} is of another model or optimizer ({metadata.describe(meta)}): "
             f"{problem}; use a fresh --workdir or the config it was trained with"
         )
     try:
@@ -329,7 +244,7 @@ def _read(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, model: di
             ),
         )
     except Exception as e:  # noqa: BLE001
-        return None, _first_line(e)
+        return None, first_line(e)
     return (restored[STATE], restored[META]), None
 
 
@@ -376,12 +291,12 @@ def _gathered(value: int) -> list[int]:
     return [int(v) for v in np.asarray(multihost_utils.process_allgather(np.asarray(value, np.int64)))]
 
 
-def _read_retrying(mngr, step: int, abstract_state: Any, model: dict | None, attempts: int,
+def _read_retrying(mngr, step: int, abstract_state: Any, architecture: dict | None, attempts: int,
                    delay_s: float, log: Callable[[str], None]):
     """`_read`, tried up to ``attempts`` times (waits ``delay_s``, then doubling)."""
     reason = None
     for attempt in range(1, max(1, attempts) + 1):
-        result, reason = _read(mngr, step, abstract_state, model)
+        result, reason = _read(mngr, step, abstract_state, architecture)
         if result is not None:
             return result, None
         if attempt < attempts:
@@ -394,7 +309,7 @@ def restore_latest(
     workdir: str,
     abstract_state: Any,
     *,
-    model: dict | None = None,
+    architecture: dict | None = None,
     log: Callable[[str], None] = print,
     read_attempts: int = 3,
     retry_delay_s: float = 1.0,
@@ -418,8 +333,9 @@ def restore_latest(
       workdir: the run directory.
       abstract_state: restore target, a pytree of ``jax.ShapeDtypeStruct`` with
         shardings (`dmformer_jax.train.state.abstract_train_state`).
-      model: this run's ``meta['model']``; a step written by the same model whose
-        tree still does not fit counts as damaged instead of as another model.
+      architecture: this run's ``record['architecture']``; a step written by the same
+        architecture whose tree still does not fit counts as damaged instead of as
+        another model.
       log: where warnings go (one line each).
       read_attempts: reads of one step before it counts as unreadable.
       retry_delay_s: wait before the first retry (doubled for each further one).
@@ -444,7 +360,7 @@ def restore_latest(
         if chief:
             try:
                 for step in sorted(mngr.all_steps(), reverse=True):
-                    result, reason = _read_retrying(mngr, step, abstract_state, model, read_attempts,
+                    result, reason = _read_retrying(mngr, step, abstract_state, architecture, read_attempts,
                                                     retry_delay_s, log)
                     if result is not None:
                         decision = step
@@ -475,7 +391,7 @@ def restore_latest(
             return None
         reason = None
         if not chief:
-            result, reason = _read_retrying(mngr, step, abstract_state, model, read_attempts, retry_delay_s, log)
+            result, reason = _read_retrying(mngr, step, abstract_state, architecture, read_attempts, retry_delay_s, log)
         failed = [i for i, ok in enumerate(_gathered(int(result is not None))) if not ok]
         if failed:
             why = f" ({reason})" if reason else ""
@@ -516,7 +432,8 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any) -> tupl
 
 
 def read_meta(workdir: str, step: int | None = None) -> tuple[dict, int]:
-    """``(meta, step)`` of checkpoint ``step`` (default: the newest) without the state.
+    """``(record, step)`` of checkpoint ``step`` (default: the newest) without the state;
+    the record upgraded to schema v2 (`dmformer_jax.checkpoint.metadata`).
 
     Raises:
       CheckpointError: no checkpoint in ``workdir``.
@@ -534,4 +451,4 @@ def read_meta(workdir: str, step: int | None = None) -> tuple[dict, int]:
         meta = mngr.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
     finally:
         mngr.close()
-    return meta, step
+    return metadata.upgrade(meta), step
