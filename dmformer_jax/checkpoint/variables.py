@@ -11,7 +11,6 @@ import json
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from dmformer_jax.checkpoint import metadata
@@ -19,6 +18,7 @@ from dmformer_jax.checkpoint.layout import META, META_FILE, METADATA_FILE, SAFET
 from dmformer_jax.checkpoint.manifest import verify_manifest
 from dmformer_jax.errors import CheckpointError, first_line
 from dmformer_jax.models import DMFormer
+from dmformer_jax.models.init import init_on_zeros
 
 
 def replicated(sharding: jax.sharding.Sharding | None = None) -> jax.sharding.Sharding:
@@ -32,7 +32,7 @@ def replicated(sharding: jax.sharding.Sharding | None = None) -> jax.sharding.Sh
 def init_fn(model: DMFormer, image_size: int):
     """A zero-argument init of ``model`` at the nearest side divisible by 32 (for eval_shape)."""
     side = max(32, image_size // 32 * 32)
-    return lambda: model.init(jax.random.key(0), jnp.zeros((1, side, side, 3), jnp.float32))
+    return lambda: init_on_zeros(model, jax.random.key(0), (1, side, side, 3))
 
 
 def _training_record(source: Source, use_ema: bool) -> dict[str, Any]:

@@ -20,10 +20,19 @@ import jax.numpy as jnp
 FAST_COMPILE_CPU = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
+def init_on_zeros(model: nn.Module, key: jax.Array, input_shape: Sequence[int]) -> dict[str, Any]:
+    """``model.init`` (inference mode) on float32 zeros of ``input_shape``, not jitted.
+
+    The one place a DMFormer is initialised: `init_variables` jits it, the trainer
+    builds its `TrainState` around it, and readers ``jax.eval_shape`` it for shapes.
+    """
+    return model.init(key, jnp.zeros(tuple(int(d) for d in input_shape), jnp.float32))
+
+
 @functools.lru_cache(maxsize=16)
 def _jitted_init(model: nn.Module, input_shape: tuple[int, ...], out_shardings: Any, backend: str):
     def init(rng):
-        return model.init(rng, jnp.zeros(input_shape, jnp.float32))
+        return init_on_zeros(model, rng, input_shape)
 
     options = dict(FAST_COMPILE_CPU) if backend == "cpu" else None
     return jax.jit(init, out_shardings=out_shardings, compiler_options=options)

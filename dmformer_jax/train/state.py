@@ -14,7 +14,7 @@ from jax.sharding import Mesh
 
 from dmformer_jax.errors import ConfigError
 from dmformer_jax.models import create_model, get_variant
-from dmformer_jax.models.init import fast_compile_options
+from dmformer_jax.models.init import fast_compile_options, init_on_zeros
 from dmformer_jax.train import mesh as mesh_lib
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -97,17 +97,11 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modul
         raise ConfigError(f"config.model: {e}") from None
 
 
-def init_variables(model: nn.Module, image_size: int, seed: int) -> dict[str, Any]:
-    """``{'params', 'batch_stats'}`` of ``model`` for ``(1, S, S, 3)`` inputs."""
-    dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    return model.init(jax.random.key(seed), dummy, train=False)
-
-
 def _make_init(model, tx, image_size: int, seed: int, use_ema: bool):
     """The function that builds a fresh `TrainState` (traced by jit or eval_shape)."""
 
     def init() -> TrainState:
-        variables = init_variables(model, image_size, seed)
+        variables = init_on_zeros(model, jax.random.key(seed), (1, image_size, image_size, 3))
         params = variables["params"]
         return TrainState(
             step=jnp.zeros((), jnp.int32),
