@@ -35,9 +35,21 @@ def to_uint8_range(image: tf.Tensor) -> tf.Tensor:
 # --------------------------------------------------------------------------- decode
 
 
+# PIL (what timm decodes with) uses libjpeg's accurate integer DCT; TF's default
+# 'INTEGER_FAST' differs from it by ~1 level on average (up to 6), this one not at all.
+DCT_METHOD = "INTEGER_ACCURATE"
+
+
 def decode_image(encoded: tf.Tensor) -> tf.Tensor:
-    """JPEG/PNG/GIF/BMP bytes -> uint8 [H, W, 3] (grey and CMYK JPEGs become RGB)."""
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    """JPEG/PNG/GIF/BMP bytes -> uint8 [H, W, 3] (grey and CMYK JPEGs become RGB).
+
+    JPEGs decode with the accurate integer DCT, as PIL does.
+    """
+    image = tf.cond(
+        tf.io.is_jpeg(encoded),
+        lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method=DCT_METHOD),
+        lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False),
+    )
     image.set_shape([None, None, 3])
     return image
 
@@ -47,27 +59,46 @@ def sample_crop_window(
     seed: tf.Tensor,
     scale: Sequence[float] = (0.08, 1.0),
     ratio: Sequence[float] = (3 / 4, 4 / 3),
+    attempts: int = 10,
 ) -> tf.Tensor:
     """Random-resized-crop window [top, left, height, width] (int32) for an image of
-    shape ``image_shape`` ([H, W] or [H, W, C]).
+    shape ``image_shape`` ([H, W] or [H, W, C]), by timm's rule
+    (``RandomResizedCrop.get_params``), stateless:
 
-    Area fraction in ``scale`` and aspect ratio (width/height) in ``ratio``; TF's
-    `stateless_sample_distorted_bounding_box` with 10 attempts, falling back to the
-    whole image (timm falls back to a centre crop with the ratio clamped, and samples
-    the ratio log-uniformly; TF samples it uniformly).
+    up to ``attempts`` tries of an area fraction uniform in ``scale`` and an aspect ratio
+    (width/height) log-uniform in ``ratio``, sides ``round(sqrt(area·ratio))`` ×
+    ``round(sqrt(area/ratio))``; the first that fits is placed uniformly. If none fits,
+    a centre crop of the whole image with its ratio clamped into ``ratio``.
+    (TF's ``sample_distorted_bounding_box`` samples the height uniformly instead, which
+    skews the area: mean 0.370 vs timm's 0.433 of a 500×375 image.)
     """
     shape = tf.cast(image_shape, tf.int32)[:2]
-    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.concat([shape, [3]], axis=0),
-        bounding_boxes=tf.zeros([1, 0, 4], tf.float32),
-        seed=seed,
-        min_object_covered=0.0,
-        aspect_ratio_range=tuple(ratio),
-        area_range=tuple(scale),
-        max_attempts=10,
-        use_image_if_no_bounding_boxes=True,
-    )
-    return tf.stack([begin[0], begin[1], size[0], size[1]])
+    height, width = shape[0], shape[1]
+    h64, w64 = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
+    s_area, s_ratio, s_top, s_left = tf.unstack(split_seed(seed, 4))
+    target = tf.random.stateless_uniform([attempts], s_area, scale[0], scale[1], tf.float64) * h64 * w64
+    log_ratio = tf.random.stateless_uniform([attempts], s_ratio, math.log(ratio[0]), math.log(ratio[1]), tf.float64)
+    aspect = tf.exp(log_ratio)
+    # Python's round() and tf.round both round half to even.
+    cand_w = tf.cast(tf.round(tf.sqrt(target * aspect)), tf.int32)
+    cand_h = tf.cast(tf.round(tf.sqrt(target / aspect)), tf.int32)
+    fits = (cand_w > 0) & (cand_w <= width) & (cand_h > 0) & (cand_h <= height)
+    first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+
+    def sampled():
+        h, w = cand_h[first], cand_w[first]
+        top = tf.random.stateless_uniform([], s_top, 0, height - h + 1, tf.int32)
+        left = tf.random.stateless_uniform([], s_left, 0, width - w + 1, tf.int32)
+        return tf.stack([top, left, h, w])
+
+    def centre():
+        in_ratio = w64 / h64
+        w = tf.where(in_ratio < ratio[0], width,
+                     tf.where(in_ratio > ratio[1], tf.cast(tf.round(h64 * ratio[1]), tf.int32), width))
+        h = tf.where(in_ratio < ratio[0], tf.cast(tf.round(w64 / ratio[0]), tf.int32), height)
+        return tf.stack([(height - h) // 2, (width - w) // 2, h, w])
+
+    return tf.cond(tf.reduce_any(fits), sampled, centre)
 
 
 def resize(image: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
@@ -104,7 +135,7 @@ def decode_and_random_crop(
 
     def jpeg():
         window = sample_crop_window(tf.image.extract_jpeg_shape(encoded), seed, scale, ratio)
-        return tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
+        return tf.image.decode_and_crop_jpeg(encoded, window, channels=3, dct_method=DCT_METHOD)
 
     def other():
         image = decode_image(encoded)
