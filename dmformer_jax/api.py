@@ -31,14 +31,14 @@ import numpy as np
 
 from dmformer_jax.errors import CheckpointError
 from dmformer_jax.models import VARIANTS, DMFormer, create_model
+from dmformer_jax.models.legacy import remap_v1_state_dict, remap_v1_tree
 from dmformer_jax.paths import resolve
+from dmformer_jax.recipe import IMAGENET_MEAN, IMAGENET_STD, eval_crop_pct
 
 METADATA_FORMAT = "dmformer_jax.export/1"
 METADATA_FILE = "dmformer.json"  # next to the Orbax item in an exported folder
 VARIABLES_ITEM = "variables"
 SAFETENSORS_KEY = "dmformer"  # safetensors header metadata key holding the JSON record
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _JAX_ONLY_FIELDS = ("dtype", "param_dtype", "depthwise_impl", "conv_impl")
 
 __all__ = [
@@ -197,7 +197,8 @@ def _read_training(source: _Source, use_ema: bool, sharding) -> tuple[dict, dict
             args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True),
         )
     params = state["ema_params"] if "ema_params" in state else state["params"]
-    variables = {"params": params, "batch_stats": state.get("batch_stats", {})}
+    # Checkpoints written before the backbone/heads split name their arrays the v1 way.
+    variables = remap_v1_tree({"params": params, "batch_stats": state.get("batch_stats", {})})
     return _export_meta_from_training(meta, source.step, use_ema and has_ema), variables
 
 
@@ -211,7 +212,7 @@ def _read_orbax(source: _Source, sharding) -> tuple[dict, dict]:
         tree_meta = checkpointer.metadata(root / VARIABLES_ITEM).item_metadata.tree
         target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree_meta)
         variables = checkpointer.restore(root / VARIABLES_ITEM, target)
-    return meta, dict(variables)
+    return meta, remap_v1_tree(dict(variables))  # v1 exports: old names
 
 
 def _read_safetensors(source: _Source, sharding) -> tuple[dict, dict]:
@@ -228,6 +229,7 @@ def _read_safetensors(source: _Source, sharding) -> tuple[dict, dict]:
             )
         state_dict = {k: f.get_tensor(k) for k in f.keys()}
     meta = json.loads(header[SAFETENSORS_KEY])
+    state_dict = remap_v1_state_dict(state_dict)  # v1 exports: old names
     like = jax.eval_shape(_init_fn(model_from_metadata(meta), int(meta["image_size"])))
     flat = torch_state_dict_to_flax(state_dict, like)
     variables = jax.device_put(flat, sharding)
@@ -281,7 +283,7 @@ def load(
       sharding: where the arrays go (default: replicated over this process's devices;
         the devices the run was saved from do not matter).
       num_classes: a different head size (fine-tuning); the new head is initialised
-        from ``seed`` and needs ``reset_head=True`` (see `dmformer_jax.finetune`).
+        from ``seed`` and needs ``reset_head=True`` (see `dmformer_jax.models.pretrained`).
       reset_head: re-initialise the head even when its shape fits.
       **overrides: other `DMFormer` fields, e.g. ``dtype=jnp.bfloat16``.
 
@@ -305,8 +307,8 @@ def load(
         overrides["num_classes"] = int(num_classes)
     model = model_from_metadata(meta, **overrides)
     if reset_head or model.num_classes != int(meta["num_classes"]):
-        from dmformer_jax.finetune import merge_pretrained
         from dmformer_jax.models.init import init_variables
+        from dmformer_jax.models.pretrained import merge_pretrained
 
         side = int(meta["image_size"]) // 32 * 32 or 32
         # Same compiled init as a caller's init_variables(model, key, (1, S, S, 3)) (cached).
@@ -358,7 +360,7 @@ def export(
         "num_classes": int(model.num_classes),
         "image_size": int(image_size),
         "eval_image_size": int(image_size),
-        "crop_pct": float(crop_pct if crop_pct is not None else (VARIANTS[variant].crop_pct if variant else 0.9)),
+        "crop_pct": eval_crop_pct(crop_pct, variant),
         "mean": [float(v) for v in mean],
         "std": [float(v) for v in std],
         "dataset": None,

@@ -264,5 +264,5 @@ def test_variant_sizes_match_the_spec_within_3_percent(name, expected_params):
     count = sum(np.prod(p.shape) for p in jax.tree.leaves(shapes["params"]))
     assert abs(count - expected_params) / expected_params < 0.03
     # Variant table from the spec: depths and widths.
-    stages = {k for k in shapes["params"] if k.startswith("stage_")}
+    stages = {k for k in shapes["params"]["backbone"] if k.startswith("stage_")}
     assert len(stages) == sum(VARIANTS[name].depths)

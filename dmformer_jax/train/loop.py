@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from dmformer_jax import recipe
 from dmformer_jax.errors import CheckpointError, ConfigError
 from dmformer_jax.paths import resolve
 from dmformer_jax.train import checkpoint as ckpt
@@ -161,8 +162,7 @@ def checkpoint_meta(
     """The JSON item saved with every checkpoint: enough to rebuild the model."""
     kwargs = state_lib.model_kwargs(config)
     kwargs["dtype"] = state_lib.resolve_dtype(config.model.dtype)  # what this run computes in
-    variant = state_lib.get_variant(config.model.name)
-    crop_pct = config.data.crop_pct if config.data.crop_pct is not None else variant.crop_pct
+    crop_pct = recipe.eval_crop_pct(config.data.crop_pct, config.model.name)
     import json
 
     return {
