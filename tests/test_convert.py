@@ -66,18 +66,18 @@ def test_errors_name_the_keys(tiny):
     _, v = tiny
     sd = flax_to_torch_state_dict(v)
     broken = dict(sd)
-    del broken["head.bias"]
-    broken["head.extra"] = np.zeros(3)
-    broken["stem.conv1.weight"] = np.zeros((1, 2, 3, 4), np.float32)
+    del broken["head.fc.bias"]
+    broken["head.fc.extra"] = np.zeros(3)
+    broken["backbone.stem.conv1.weight"] = np.zeros((1, 2, 3, 4), np.float32)
     with pytest.raises(ConversionError) as err:
         torch_state_dict_to_flax(broken, like=v)
     msg = str(err.value)
-    assert "missing 1 key(s): head.bias" in msg
-    assert "unexpected 1 key(s): head.extra" in msg
-    assert "stem.conv1.weight: got (1, 2, 3, 4)" in msg
+    assert "missing 1 key(s): head.fc.bias" in msg
+    assert "unexpected 1 key(s): head.fc.extra" in msg
+    assert "backbone.stem.conv1.weight: got (1, 2, 3, 4)" in msg
     other = dmformer_jax.create_model("dmformer_tiny_test", num_classes=7)
     other_v = jax.eval_shape(other.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-    with pytest.raises(ConversionError, match=r"head\.weight: got \(5, 32\), expected \(7, 32\)"):
+    with pytest.raises(ConversionError, match=r"head\.fc\.weight: got \(5, 32\), expected \(7, 32\)"):
         flax_to_torch_state_dict(v, like=flax_to_torch_state_dict(jax.tree.map(lambda s: np.empty(s.shape, np.float32), other_v)))
 
 

@@ -123,3 +123,35 @@ def test_v1_fixture_names_remap_onto_todays_model_exactly():
     torch_want = {k: v.shape for k, v in flax_to_torch_state_dict(
         jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)).items()}
     assert {k: v for k, v in remap_v1_state_dict(got).items()} == torch_want
+
+
+def test_v1_training_workdir_resumes_into_todays_train_state(legacy):
+    """The trainer's restore path: a v1 workdir restores into today's `TrainState` (params,
+    EMA, batch_stats and the Adam moments all renamed), with the arrays it saved."""
+    import json
+
+    import jax
+    import ml_collections
+
+    from dmformer_jax.train import checkpoint as ckpt
+    from dmformer_jax.train import mesh as mesh_lib
+    from dmformer_jax.train import optim
+    from dmformer_jax.train import state as state_lib
+
+    meta = json.loads((legacy / "checkpoints" / "3" / "meta" / "metadata").read_text())
+    config = ml_collections.ConfigDict(meta["config"])
+    model = state_lib.build_model(config, meta["num_classes"])
+    tx, _ = optim.make_optimizer(config, optim.plan_steps(config, 1000))
+    abstract = state_lib.abstract_train_state(
+        model, tx, image_size=32, seed=0, use_ema=True, mesh=mesh_lib.make_mesh())
+    state, restored_meta = ckpt.restore(ckpt.make_manager(str(legacy), read_only=True), 3, abstract)
+    assert restored_meta["step"] == 3 and int(state.step) == 3
+    assert jax.tree.structure(state) == jax.tree.structure(abstract)
+    for use_ema, params in ((False, state.params), (True, state.ema_params)):
+        _, want = dmformer_jax.load(str(legacy), use_ema=use_ema)
+        jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params),
+                     jax.tree.map(np.asarray, want["params"]))
+    # Adam's first moment after 3 steps is non-zero and now lives under backbone/ and head/.
+    mu = [s for s in jax.tree.leaves(state.opt_state, is_leaf=lambda n: hasattr(n, "mu")) if hasattr(s, "mu")]
+    assert mu and set(mu[0].mu) == {"backbone", "head"}
+    assert float(np.abs(np.asarray(mu[0].mu["head"]["fc"]["kernel"])).max()) > 0

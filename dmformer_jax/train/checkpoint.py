@@ -39,6 +39,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from dmformer_jax.errors import CheckpointError, CheckpointSaveError
+from dmformer_jax.models import legacy
 from dmformer_jax.paths import is_url, resolve
 
 STATE, META = "state", "meta"
@@ -312,7 +313,11 @@ def _read(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, model: di
         saved = _shapes(mngr.item_metadata(step)[STATE])
     except Exception as e:  # noqa: BLE001  (any failure to read is corruption)
         return None, _first_line(e)
-    problem = _mismatch(saved, _shapes(abstract_state))
+    # A run written before the backbone/heads split (v1 names, e.g. params/stem/...):
+    # restore it with the v1 layout of this run's tree, then rename to today's.
+    v1 = any(path.startswith("params/stem/") for path in saved)
+    target = legacy.to_v1_tree(abstract_state) if v1 else abstract_state
+    problem = _mismatch(saved, _shapes(target))
     if problem is not None:
         if model is not None and meta.get("model") == model:
             # Written by this very model, yet its tree does not fit: damaged metadata.
@@ -325,12 +330,13 @@ def _read(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, model: di
         restored = mngr.restore(
             step,
             args=ocp.args.Composite(
-                **{STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore()}
+                **{STATE: ocp.args.StandardRestore(target), META: ocp.args.JsonRestore()}
             ),
         )
     except Exception as e:  # noqa: BLE001
         return None, _first_line(e)
-    return (restored[STATE], restored[META]), None
+    state = legacy.remap_v1_tree(restored[STATE]) if v1 else restored[STATE]
+    return (state, restored[META]), None
 
 
 def _set_aside(workdir: str, step: int) -> epath.Path:
