@@ -57,6 +57,7 @@ VARIANTS: dict[str, Variant] = {
 
 # DMFormer fields a caller may override through create_model.
 OVERRIDABLE = tuple(f.name for f in dataclasses.fields(DMFormer) if f.name not in ("parent", "name"))
+SEQUENCE_FIELDS = ("depths", "widths", "kernel_sizes", "dilations")
 
 
 def list_models() -> list[str]:
@@ -93,6 +94,12 @@ def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> DMForm
         raise ValueError(
             f"unknown DMFormer option(s) {unknown} for {name!r}; valid options: {', '.join(OVERRIDABLE)}"
         )
+    for field in SEQUENCE_FIELDS:
+        # Lists (JSON, ConfigDict) become tuples: the module is hashed by jit caches.
+        if overrides.get(field) is not None:
+            overrides[field] = tuple(int(v) for v in overrides[field])
     kwargs.update(overrides)
-    kwargs["num_classes"] = num_classes
+    if int(num_classes) < 0:
+        raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+    kwargs["num_classes"] = int(num_classes)
     return DMFormer(**kwargs)
