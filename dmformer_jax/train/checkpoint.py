@@ -313,11 +313,13 @@ def _read(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, model: di
         saved = _shapes(mngr.item_metadata(step)[STATE])
     except Exception as e:  # noqa: BLE001  (any failure to read is corruption)
         return None, _first_line(e)
-    # A run written before the backbone/heads split (v1 names, e.g. params/stem/...):
-    # restore it with the v1 layout of this run's tree, then rename to today's.
-    v1 = any(path.startswith("params/stem/") for path in saved)
+    # A run written before the backbone/heads split (v1 names, params/stem/...) resumed
+    # by today's model (params/backbone/stem/...): restore it with the v1 layout of
+    # this run's tree, then rename to today's.
+    wanted = _shapes(abstract_state)
+    v1 = any(p.startswith("params/stem/") for p in saved) and any(p.startswith("params/backbone/") for p in wanted)
     target = legacy.to_v1_tree(abstract_state) if v1 else abstract_state
-    problem = _mismatch(saved, _shapes(target))
+    problem = _mismatch(saved, _shapes(target) if v1 else wanted)
     if problem is not None:
         if model is not None and meta.get("model") == model:
             # Written by this very model, yet its tree does not fit: damaged metadata.
