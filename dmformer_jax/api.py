@@ -31,6 +31,7 @@ import numpy as np
 
 from dmformer_jax.errors import CheckpointError
 from dmformer_jax.models import VARIANTS, DMFormer, create_model
+from dmformer_jax.models.backbone import stem_hidden_width
 from dmformer_jax.models.legacy import remap_v1_state_dict, remap_v1_tree
 from dmformer_jax.paths import resolve
 from dmformer_jax.recipe import IMAGENET_MEAN, IMAGENET_STD, eval_crop_pct
@@ -62,6 +63,8 @@ def architecture_of(model: DMFormer) -> dict[str, Any]:
         elif isinstance(value, (tuple, list)):
             value = [int(v) for v in value]
         arch[field.name] = value
+    # Resolved (not None), so the record rebuilds the same stem whatever the default rule.
+    arch["stem_hidden_width"] = stem_hidden_width(arch["widths"], arch["stem_hidden_width"])
     return arch
 
 

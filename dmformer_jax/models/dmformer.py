@@ -24,7 +24,10 @@ Array = jax.Array
 
 
 class DMFormer(nn.Module):
-    """DMFormer image classifier and backbone.
+    """DMFormer image classifier: `Backbone` (``backbone``) + `ClassifierHead` (``head``).
+
+    Every field but ``num_classes`` is the backbone's; ``method="features"`` (or
+    ``features_only=True``) returns the backbone's stage maps without the head.
 
     Attributes:
       depths: blocks per stage.
