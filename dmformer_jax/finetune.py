@@ -8,7 +8,7 @@ module that api and the trainer both import; this module imports `dmformer_jax.a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -18,12 +18,15 @@ from dmformer_jax.errors import CheckpointError
 from dmformer_jax.models.pretrained import COLLECTIONS, MergeReport, merge_pretrained  # noqa: F401  (public here too)
 
 
-def init_state_from_pretrained(config, state: Any, log=print) -> Any:
+def init_state_from_pretrained(
+    config, state: Any, log=print, *, prefix: Sequence[str] = ("backbone",)
+) -> Any:
     """A fresh `TrainState` whose params/batch_stats/EMA come from ``config.init_from``.
 
     Called by the trainer when ``config.init_from`` is set and the workdir has no
     checkpoint of its own. The optimizer state stays fresh (Adam moments are zeros and
-    do not depend on parameter values). The merge report goes to ``log``.
+    do not depend on parameter values). The merge report goes to ``log``. ``prefix``:
+    where the model being trained holds its `Backbone` (`merge_pretrained`).
     """
     sharding = jax.tree.leaves(state.params)[0].sharding
     try:
@@ -34,6 +37,7 @@ def init_state_from_pretrained(config, state: Any, log=print) -> Any:
         {"params": state.params, "batch_stats": state.batch_stats},
         pretrained,
         reset_head=bool(config.reset_head),
+        prefix=prefix,
     )
     log(f"initialised from {config.init_from}: {report.summary()}")
     ema = None if state.ema_params is None else jax.tree.map(jnp.copy, variables["params"])

@@ -168,7 +168,10 @@ def merge_pretrained(
     def is_head(key: str) -> bool:
         return _under(tuple(key.split("/")), (HEAD,))
 
-    body_reshaped = [f"{p} {a}->{b}" for p, (a, b) in report.reshaped.items() if not _under(tuple(p.split("/")), CLASSIFIER)]
+    def is_classifier(key: str) -> bool:
+        return _under(tuple(key.split("/")), CLASSIFIER)
+
+    body_reshaped = [f"{p} {a}->{b}" for p, (a, b) in report.reshaped.items() if not is_classifier(p)]
     if body_reshaped:
         raise CheckpointError(
             f"pretrained weights are another architecture (shape mismatch outside the head "
