@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dmformer_jax.models.backbone import stem_hidden_width as stem_hidden_width_of  # the spec's rule, one place
 from dmformer_jax.models.registry import get_variant
 
 LAYER_NORM_EPS = 1e-6
@@ -185,11 +186,6 @@ class Downsample(nn.Module):
         return self.norm(self.conv(x))
 
 
-def _stem_hidden_width(widths: Sequence[int], override: int | None) -> int:
-    # Spec: 64 channels, or the first stage width if smaller (same rule as the Flax model).
-    return int(override) if override is not None else min(64, int(widths[0]))
-
-
 class BackboneTorch(nn.Module):
     """DMFormer trunk, NCHW images ``(B, 3, H, W)`` -> the four NCHW stage maps.
 
@@ -222,7 +218,7 @@ class BackboneTorch(nn.Module):
         )
         total = sum(self.depths)
         rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
-        self.stem = Stem(self.widths[0], _stem_hidden_width(self.widths, stem_hidden_width))
+        self.stem = Stem(self.widths[0], stem_hidden_width_of(self.widths, stem_hidden_width))
         index = 0
         for stage, (depth, width) in enumerate(zip(self.depths, self.widths)):
             if stage > 0:
