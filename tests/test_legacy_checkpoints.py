@@ -133,7 +133,10 @@ def test_v1_training_workdir_resumes_into_todays_train_state(legacy):
     import jax
     import ml_collections
 
-    from dmformer_jax.train import checkpoint as ckpt
+    try:  # the checkpoint package on main after the layout refactor; train/checkpoint.py before it
+        from dmformer_jax import checkpoint as ckpt
+    except ImportError:
+        from dmformer_jax.train import checkpoint as ckpt
     from dmformer_jax.train import mesh as mesh_lib
     from dmformer_jax.train import optim
     from dmformer_jax.train import state as state_lib
