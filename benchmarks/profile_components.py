@@ -58,7 +58,7 @@ def jax_times(args, depthwise_impl: str, conv_impl: str) -> dict:
 
     from dmformer_jax.models import layers
     from dmformer_jax.models.dma import DMA
-    from dmformer_jax.models.dmformer import Block, Downsample, Stem
+    from dmformer_jax.models.backbone import Block, Downsample, Stem, stem_hidden_width
     from dmformer_jax.models.registry import get_variant
 
     impls = dict(depthwise_impl=depthwise_impl, conv_impl=conv_impl)
@@ -89,7 +89,7 @@ def jax_times(args, depthwise_impl: str, conv_impl: str) -> dict:
     variant = get_variant(args.model)
     out = {}
     images = jnp.asarray(rng.randn(args.batch, args.res, args.res, 3).astype(np.float32))
-    hidden = min(64, variant.widths[0])
+    hidden = stem_hidden_width(variant.widths)
     out["stem"] = time_module(Stem(variant.widths[0], hidden, conv_impl), images, True)
     for stage, h, c, _ in stage_shapes(args.model, args.res):
         x = jnp.asarray(rng.randn(args.batch, h, h, c).astype(np.float32))
@@ -108,6 +108,7 @@ def torch_times(args) -> dict:
     import torch
 
     from dmformer_jax.models.registry import get_variant
+    from dmformer_jax.models.backbone import stem_hidden_width
     from dmformer_jax.torch_model import DMA, Block, Downsample, Mlp, Stem
 
     torch.set_num_threads(args.torch_threads)
@@ -130,7 +131,7 @@ def torch_times(args) -> dict:
     variant = get_variant(args.model)
     out = {}
     images = torch.randn(args.batch, 3, args.res, args.res)
-    out["stem"] = time_module(Stem(variant.widths[0], min(64, variant.widths[0])), images)
+    out["stem"] = time_module(Stem(variant.widths[0], stem_hidden_width(variant.widths)), images)
     for stage, h, c, _ in stage_shapes(args.model, args.res):
         x = torch.randn(args.batch, c, h, h)
         out[f"stage_{stage}.block"] = time_module(Block(c, 4.0, 0.1, 1e-5, {}), x)

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import ml_collections
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from dmformer_jax.recipe import IMAGENET_MEAN, IMAGENET_STD
+
+
+def _unset(field_type: type) -> ml_collections.FieldReference:
+    """A typed field whose None means 'not overridden' (settable from the command line)."""
+    return ml_collections.FieldReference(None, field_type=field_type)
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -23,18 +27,30 @@ def get_base_config() -> ml_collections.ConfigDict:
     # --- model -------------------------------------------------------------
     config.model = ml_collections.ConfigDict()
     config.model.name = "dmformer_s"
-    # Overrides of DMFormer fields; None keeps the variant's own value.
-    config.model.drop_path_rate = ml_collections.FieldReference(None, field_type=float)
+    # Every field create_model accepts (dmformer_jax.models.DMFormer), so
+    # --config.model.<field>=... reaches each one; they are validated in one place
+    # (dmformer_jax.models.registry.create_model). None keeps the variant's value
+    # (depths, widths, drop_path_rate, layer_scale_init) or the model's default (the
+    # rest; its INFERRED values are noted).
+    config.model.depths = _unset(tuple)
+    config.model.widths = _unset(tuple)
+    config.model.drop_path_rate = _unset(float)
+    config.model.layer_scale_init = _unset(float)
+    config.model.mlp_ratio = _unset(float)  # 4.0
+    config.model.stem_hidden_width = _unset(int)  # min(64, widths[0]), derived in the model
+    config.model.expand_ratio = _unset(int)  # 3, INFERRED
+    config.model.kernel_sizes = _unset(tuple)  # (3, 5, 7)
+    config.model.dilations = _unset(tuple)  # (1, 2, 3)
+    config.model.fusion = _unset(str)  # 'split' (INFERRED) | 'sum'
+    config.model.gate_reduction = _unset(int)  # 4, INFERRED
+    config.model.inner_residual = _unset(bool)  # True, INFERRED
     # Compute dtype: 'auto' (bfloat16 on TPU/GPU, float32 on CPU), 'float32' or 'bfloat16'.
     # Parameters, norms, the DMA gate and the loss stay float32 in every case.
     config.model.dtype = "auto"
+    config.model.param_dtype = _unset(str)  # 'float32' | 'bfloat16'; None: float32
     # How convs are computed (never changes parameters or results beyond rounding):
     config.model.depthwise_impl = "auto"  # 'auto' | 'xla' | 'shift_add' | 'shift_add_vjp'
     config.model.conv_impl = "auto"  # 'auto' | 'xla' | 'im2col' (stem, downsampling, 1x1)
-    config.model.expand_ratio = 3  # INFERRED
-    config.model.fusion = "split"  # INFERRED: 'split' | 'sum'
-    config.model.gate_reduction = 4  # INFERRED
-    config.model.inner_residual = True  # INFERRED
 
     # --- data ----------------------------------------------------------------
     config.data = ml_collections.ConfigDict()
@@ -132,6 +148,4 @@ def get_base_config() -> ml_collections.ConfigDict:
     # End this run after this step, checkpointing it, as a preemption would (time-boxed
     # jobs, resume tests); the next run on the workdir continues to num_train_steps.
     config.stop_at_step = ml_collections.FieldReference(None, field_type=int)
-    config.model.widths = ml_collections.FieldReference(None, field_type=tuple)  # None: variant's
-    config.model.depths = ml_collections.FieldReference(None, field_type=tuple)  # None: variant's
     return config

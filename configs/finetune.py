@@ -5,7 +5,7 @@
 
 ``init_from`` takes anything `dmformer_jax.load` reads: a training workdir, a
 ``checkpoints/<step>`` folder, an exported Orbax folder or ``.safetensors`` file. The
-weights are merged by path (`dmformer_jax.finetune.merge_pretrained`) into a fresh
+weights are merged by path (`dmformer_jax.models.pretrained.merge_pretrained`) into a fresh
 model and the report (loaded / reset / missing / unexpected / reshaped) is logged. A
 head of another size needs ``--config.reset_head=True``; nothing else may differ, so
 ``config.model`` must be the pretrained architecture. Any resolution divisible by 32

@@ -33,10 +33,8 @@ from dmformer_jax.checkpoint.export import write_export
 from dmformer_jax.checkpoint.metadata import architecture_of, model_from_metadata
 from dmformer_jax.checkpoint.variables import init_fn, read_variables, replicated
 from dmformer_jax.checkpoint.variables import read_metadata as _read_record
-from dmformer_jax.models import VARIANTS, DMFormer
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from dmformer_jax.models import DMFormer
+from dmformer_jax.recipe import IMAGENET_MEAN, IMAGENET_STD, eval_crop_pct
 _JAX_ONLY_FIELDS = ("dtype", "param_dtype", "depthwise_impl", "conv_impl")
 
 __all__ = [
@@ -76,7 +74,7 @@ def load(
       sharding: where the arrays go (default: replicated over this process's devices;
         the devices the run was saved from do not matter).
       num_classes: a different head size (fine-tuning); the new head is initialised
-        from ``seed`` and needs ``reset_head=True`` (see `dmformer_jax.finetune`).
+        from ``seed`` and needs ``reset_head=True`` (see `dmformer_jax.models.pretrained`).
       reset_head: re-initialise the head even when its shape fits.
       **overrides: other `DMFormer` fields, e.g. ``dtype=jnp.bfloat16``.
 
@@ -94,7 +92,7 @@ def load(
         overrides["num_classes"] = int(num_classes)
     model = model_from_metadata(meta, **overrides)
     if reset_head or model.num_classes != int(meta["num_classes"]):
-        from dmformer_jax.finetune import merge_pretrained
+        from dmformer_jax.models.pretrained import merge_pretrained
         from dmformer_jax.models.init import init_variables
 
         side = int(meta["image_size"]) // 32 * 32 or 32
@@ -132,9 +130,7 @@ def export(
     Returns:
       ``path``.
     """
-    variant = metadata_lib.variant_name(architecture_of(model))
-    if crop_pct is None:
-        crop_pct = VARIANTS[variant].crop_pct if variant else 0.9
+    crop_pct = eval_crop_pct(crop_pct, metadata_lib.variant_name(architecture_of(model)))
     record = metadata_lib.record(model, image_size=image_size, crop_pct=crop_pct, mean=mean, std=std,
                                  config=config)
     if metadata is not None:

@@ -1,7 +1,9 @@
-"""Flax <-> PyTorch weight conversion for DMFormer (pure NumPy; no torch import).
+"""Flax <-> PyTorch weight conversion for DMFormer (NumPy and flax.traverse_util; no torch import).
 
 Key mapping: the Flax path ``params/<m1>/<m2>/<leaf>`` becomes the PyTorch key
-``<m1>.<m2>.<name>`` (`dmformer_jax.torch_model` mirrors the Flax module names):
+``<m1>.<m2>.<name>`` (`dmformer_jax.torch_model` mirrors the Flax module names), e.g.
+``params/backbone/stem/conv1/kernel`` is ``backbone.stem.conv1.weight`` and
+``params/head/fc/kernel`` is ``head.fc.weight``:
 
 =================  ==========================  ======================================
 Flax leaf          PyTorch name                value
@@ -25,7 +27,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import flax.core
 import numpy as np
+from flax import traverse_util
 
 __all__ = ["ConversionError", "flax_to_torch_state_dict", "torch_state_dict_to_flax"]
 
@@ -38,24 +42,8 @@ class ConversionError(ValueError):
     """Raised when a state dict and a model disagree on names or shapes."""
 
 
-def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, prefix + (key,)))
-        else:
-            out[prefix + (key,)] = value
-    return out
-
-
-def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for path, value in flat.items():
-        node = tree
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = value
-    return tree
+def _flatten(tree: Mapping[str, Any]) -> dict[tuple[str, ...], Any]:
+    return traverse_util.flatten_dict(flax.core.unfreeze(tree))
 
 
 def _flax_to_torch_entry(collection: str, path: tuple[str, ...], value: np.ndarray) -> tuple[str, np.ndarray]:
@@ -179,4 +167,4 @@ def torch_state_dict_to_flax(state_dict: Mapping[str, Any], like: Mapping[str, A
         if path[-1] == "kernel":
             value = np.transpose(value, (2, 3, 1, 0)) if value.ndim == 4 else value.T
         flat[(collection,) + path] = np.ascontiguousarray(value).astype(dtype)
-    return _unflatten(flat)
+    return traverse_util.unflatten_dict(flat)

@@ -1,9 +1,10 @@
 """DMFormer in PyTorch: the independent peer for numerics tests and benchmarks.
 
-Written from the architecture spec (``../shared/spec/dmformer.md``), not translated
-from the Flax code; only the module names follow the Flax tree so that
-`dmformer_jax.convert` maps parameters 1:1 (``stage_2_block_3.token_mixer.branch_1.weight``
-is Flax ``params/stage_2_block_3/token_mixer/branch_1/kernel``).
+Written from the architecture spec (docs/architecture.md), not translated from the
+Flax code; only the module names follow the Flax tree so that `dmformer_jax.convert`
+maps parameters 1:1 (``backbone.stage_2_block_3.token_mixer.branch_1.weight`` is Flax
+``params/backbone/stage_2_block_3/token_mixer/branch_1/kernel``; ``head.fc.weight`` is
+``params/head/fc/kernel``).
 
 Layout is PyTorch's NCHW: depth-wise convs are ``nn.Conv2d(groups=C)`` with padding
 ``d·(k−1)/2``; BatchNorm2d eps 1e-5, momentum 0.1; LayerNorm eps 1e-6 over channels;
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dmformer_jax.models.backbone import stem_hidden_width as stem_hidden_width_of  # the spec's rule, one place
 from dmformer_jax.models.registry import get_variant
 
 LAYER_NORM_EPS = 1e-6
@@ -184,34 +186,39 @@ class Downsample(nn.Module):
         return self.norm(self.conv(x))
 
 
-class DMFormerTorch(nn.Module):
-    """DMFormer classifier, NCHW images ``(B, 3, H, W)`` -> logits ``(B, num_classes)``."""
+class BackboneTorch(nn.Module):
+    """DMFormer trunk, NCHW images ``(B, 3, H, W)`` -> the four NCHW stage maps.
+
+    ``out_norms`` adds ``norm_stage_i`` (LayerNorm over channels) on each returned map,
+    as the Flax `Backbone` does for dense heads.
+    """
 
     def __init__(
         self,
         depths: Sequence[int] = (2, 2, 8, 2),
         widths: Sequence[int] = (64, 128, 320, 512),
-        num_classes: int = 1000,
         drop_path_rate: float = 0.0,
         layer_scale_init: float = 1e-5,
         mlp_ratio: float = 4.0,
-        stem_hidden_width: int = 64,
+        stem_hidden_width: int | None = None,
         expand_ratio: int = 3,
         kernel_sizes: Sequence[int] = (3, 5, 7),
         dilations: Sequence[int] = (1, 2, 3),
         fusion: str = "split",
         gate_reduction: int = 4,
         inner_residual: bool = True,
+        out_norms: bool = False,
     ):
         super().__init__()
         self.depths, self.widths = tuple(depths), tuple(widths)
+        self.out_norms = out_norms
         dma = dict(
             expand_ratio=expand_ratio, kernel_sizes=tuple(kernel_sizes), dilations=tuple(dilations),
             fusion=fusion, gate_reduction=gate_reduction, inner_residual=inner_residual,
         )
         total = sum(self.depths)
         rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
-        self.stem = Stem(self.widths[0], stem_hidden_width)
+        self.stem = Stem(self.widths[0], stem_hidden_width_of(self.widths, stem_hidden_width))
         index = 0
         for stage, (depth, width) in enumerate(zip(self.depths, self.widths)):
             if stage > 0:
@@ -220,10 +227,10 @@ class DMFormerTorch(nn.Module):
                 block = Block(width, mlp_ratio, rates[index], layer_scale_init, dma)
                 self.add_module(f"stage_{stage}_block_{j}", block)
                 index += 1
-        self.head_norm = nn.LayerNorm(self.widths[-1], eps=LAYER_NORM_EPS)
-        self.head = nn.Linear(self.widths[-1], num_classes) if num_classes else nn.Identity()
+            if out_norms:
+                self.add_module(f"norm_stage_{stage}", LayerNorm2d(width))
 
-    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The four NCHW stage maps ``stage_0..stage_3`` (strides 4, 8, 16, 32)."""
         x = self.stem(x)
         features = {}
@@ -232,12 +239,41 @@ class DMFormerTorch(nn.Module):
                 x = getattr(self, f"downsample_{stage}")(x)
             for j in range(depth):
                 x = getattr(self, f"stage_{stage}_block_{j}")(x)
-            features[f"stage_{stage}"] = x
+            features[f"stage_{stage}"] = getattr(self, f"norm_stage_{stage}")(x) if self.out_norms else x
         return features
 
+
+class ClassifierHeadTorch(nn.Module):
+    """Global average pool -> LayerNorm (``norm``) -> Linear (``fc``; identity when 0 classes)."""
+
+    def __init__(self, channels: int, num_classes: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels, eps=LAYER_NORM_EPS)
+        self.fc = nn.Linear(channels, num_classes) if num_classes else nn.Identity()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x)[f"stage_{len(self.depths) - 1}"]
-        return self.head(self.head_norm(x.mean(dim=(2, 3))))
+        """``x``: the last NCHW stage map ``(B, C, H, W)`` -> ``(B, num_classes)``."""
+        return self.fc(self.norm(x.mean(dim=(2, 3))))
+
+
+class DMFormerTorch(nn.Module):
+    """DMFormer classifier, NCHW images ``(B, 3, H, W)`` -> logits ``(B, num_classes)``.
+
+    ``backbone`` (`BackboneTorch`) + ``head`` (`ClassifierHeadTorch`), as in Flax.
+    """
+
+    def __init__(self, num_classes: int = 1000, **backbone_kwargs: Any):
+        super().__init__()
+        self.backbone = BackboneTorch(**backbone_kwargs)
+        self.head = ClassifierHeadTorch(self.backbone.widths[-1], num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The four NCHW stage maps ``stage_0..stage_3`` (strides 4, 8, 16, 32)."""
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)[f"stage_{len(self.backbone.depths) - 1}"]
+        return self.head(x)
 
 
 def create_torch_model(name: str, num_classes: int = 1000, **overrides: Any) -> DMFormerTorch:

@@ -126,7 +126,12 @@ def stem(x, p, stats):
 
 
 def dmformer(images, params, stats, depths, **dma_kw):
-    """Eval-mode forward: returns (logits, [stage features])."""
+    """Eval-mode forward: returns (logits, [stage features]).
+
+    ``params``/``stats``: the classifier's trees, ``{'backbone': ..., 'head': {'norm', 'fc'}}``.
+    """
+    head = params["head"]
+    params, stats = params["backbone"], stats["backbone"]
     x = stem(f64(images), params["stem"], stats["stem"])
     feats = []
     for s, depth in enumerate(depths):
@@ -137,5 +142,5 @@ def dmformer(images, params, stats, depths, **dma_kw):
             name = f"stage_{s}_block_{j}"
             x = block(x, params[name], stats[name], **dma_kw)
         feats.append(x)
-    pooled = layer_norm(x.mean(axis=(1, 2)), params["head_norm"])
-    return dense(pooled, params["head"]), feats
+    pooled = layer_norm(x.mean(axis=(1, 2)), head["norm"])
+    return dense(pooled, head["fc"]), feats

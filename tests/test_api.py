@@ -175,8 +175,8 @@ def test_features_shapes_and_consistency_with_logits(loaded, logits, images):
     p = jax.tree.map(np.asarray, variables["params"])
     pooled = np.asarray(maps["stage_3"], np.float64).mean(axis=(1, 2))
     mu, var = pooled.mean(-1, keepdims=True), pooled.var(-1, keepdims=True)
-    normed = (pooled - mu) / np.sqrt(var + 1e-6) * p["head_norm"]["scale"] + p["head_norm"]["bias"]
-    want = normed @ p["head"]["kernel"] + p["head"]["bias"]
+    normed = (pooled - mu) / np.sqrt(var + 1e-6) * p["head"]["norm"]["scale"] + p["head"]["norm"]["bias"]
+    want = normed @ p["head"]["fc"]["kernel"] + p["head"]["fc"]["bias"]
     np.testing.assert_allclose(want, logits, rtol=0, atol=1e-4)
 
 
@@ -186,6 +186,8 @@ def test_load_with_new_head(pretrained):
         dmformer_jax.load(workdir, num_classes=5)
     model, variables = dmformer_jax.load(workdir, num_classes=5, reset_head=True)
     assert model.num_classes == 5
-    assert variables["params"]["head"]["kernel"].shape == (32, 5)
+    assert variables["params"]["head"]["fc"]["kernel"].shape == (32, 5)
     trunk = {k: v for k, v in arrays["ema_params"].items() if k != "head"}
     _assert_tree_equal({k: v for k, v in variables["params"].items() if k != "head"}, trunk)
+    # Only the classifier (head/fc) is new: the pooled-feature norm is the pretrained one.
+    _assert_tree_equal(variables["params"]["head"]["norm"], arrays["ema_params"]["head"]["norm"])

@@ -110,3 +110,46 @@ def test_unknown_model_is_a_config_error():
     c.model.name = "dmformer_xxl"
     with pytest.raises(ConfigError, match="unknown model 'dmformer_xxl'.*dmformer_s"):
         build_model(c, 10)
+
+
+def test_every_model_field_is_a_config_field_and_reaches_the_model():
+    import jax.numpy as jnp
+
+    from dmformer_jax.models.registry import OVERRIDABLE
+    from dmformer_jax.train import state as state_lib
+
+    # num_classes comes from the dataset, never from config.model.
+    assert set(OVERRIDABLE) - {"num_classes"} <= set(cli.parse_args(
+        ["train.py", "--config", "configs/digits.py", "--workdir", "/tmp/x"]).config.model.keys())
+    flags = {
+        "depths": "(1,1,2,1)", "widths": "(16,32,48,64)", "drop_path_rate": "0.3",
+        "layer_scale_init": "0.5", "mlp_ratio": "2.0", "stem_hidden_width": "12", "expand_ratio": "2",
+        "kernel_sizes": "(3,5)", "dilations": "(1,3)", "fusion": "sum", "gate_reduction": "2",
+        "inner_residual": "False", "depthwise_impl": "xla", "conv_impl": "im2col",
+        "param_dtype": "bfloat16", "dtype": "bfloat16",
+    }
+    assert set(flags) == set(OVERRIDABLE) - {"num_classes"}
+    args = cli.parse_args(["train.py", "--config", "configs/digits.py", "--workdir", "/tmp/x",
+                           *(f"--config.model.{k}={v}" for k, v in flags.items())])
+    model = state_lib.build_model(args.config, 7)
+    want = dict(depths=(1, 1, 2, 1), widths=(16, 32, 48, 64), drop_path_rate=0.3, layer_scale_init=0.5,
+                mlp_ratio=2.0, stem_hidden_width=12, expand_ratio=2, kernel_sizes=(3, 5), dilations=(1, 3),
+                fusion="sum", gate_reduction=2, inner_residual=False, depthwise_impl="xla", conv_impl="im2col",
+                param_dtype=jnp.bfloat16, dtype=jnp.bfloat16, num_classes=7)
+    assert {k: getattr(model, k) for k in want} == want
+
+
+def test_unset_model_fields_keep_the_variant_and_bad_ones_are_one_line_errors():
+    from dmformer_jax.models import VARIANTS
+    from dmformer_jax.train import state as state_lib
+
+    config = cli.parse_args(["train.py", "--config", "configs/dmformer_l.py", "--workdir", "/tmp/x"]).config
+    model = state_lib.build_model(config, 10)
+    v = VARIANTS["dmformer_l"]
+    assert (model.depths, model.widths, model.drop_path_rate, model.layer_scale_init) == (
+        v.depths, v.widths, v.drop_path_rate, v.layer_scale_init)
+    config.model.fusion = "concat"
+    config.model.param_dtype = "float16"
+    with pytest.raises(ConfigError, match="param_dtype='float16'") as e:
+        state_lib.build_model(config, 10)
+    assert "\n" not in str(e.value)

@@ -24,18 +24,21 @@ def tiny():
 def test_layouts(tiny):
     _, v = tiny
     sd = flax_to_torch_state_dict(v)
-    dw = np.asarray(v["params"]["stage_0_block_0"]["token_mixer"]["branch_2"]["kernel"])  # (7, 7, 1, C)
-    got = sd["stage_0_block_0.token_mixer.branch_2.weight"]  # (C, 1, 7, 7)
+    b = v["params"]["backbone"]
+    dw = np.asarray(b["stage_0_block_0"]["token_mixer"]["branch_2"]["kernel"])  # (7, 7, 1, C)
+    got = sd["backbone.stage_0_block_0.token_mixer.branch_2.weight"]  # (C, 1, 7, 7)
     assert got.shape == (dw.shape[3], 1, 7, 7)
     assert got[3, 0, 1, 5] == dw[1, 5, 0, 3]
-    conv = np.asarray(v["params"]["stem"]["conv1"]["kernel"])  # (7, 7, 3, O)
-    got = sd["stem.conv1.weight"]
+    conv = np.asarray(b["stem"]["conv1"]["kernel"])  # (7, 7, 3, O)
+    got = sd["backbone.stem.conv1.weight"]
     assert got[4, 2, 6, 1] == conv[6, 1, 2, 4]
-    dense = np.asarray(v["params"]["head"]["kernel"])  # (in, out)
-    assert sd["head.weight"].shape == dense.T.shape and sd["head.weight"][2, 7] == dense[7, 2]
-    assert np.array_equal(sd["stem.bn1.running_var"], np.asarray(v["batch_stats"]["stem"]["bn1"]["var"]))
-    assert np.array_equal(sd["stem.norm.weight"], np.asarray(v["params"]["stem"]["norm"]["scale"]))
-    assert sd["stem.bn1.num_batches_tracked"].dtype == np.int64
+    dense = np.asarray(v["params"]["head"]["fc"]["kernel"])  # (in, out)
+    assert sd["head.fc.weight"].shape == dense.T.shape and sd["head.fc.weight"][2, 7] == dense[7, 2]
+    assert np.array_equal(sd["head.norm.weight"], np.asarray(v["params"]["head"]["norm"]["scale"]))
+    stats = v["batch_stats"]["backbone"]
+    assert np.array_equal(sd["backbone.stem.bn1.running_var"], np.asarray(stats["stem"]["bn1"]["var"]))
+    assert np.array_equal(sd["backbone.stem.norm.weight"], np.asarray(b["stem"]["norm"]["scale"]))
+    assert sd["backbone.stem.bn1.num_batches_tracked"].dtype == np.int64
 
 
 def test_round_trip_is_exact(tiny):
@@ -63,18 +66,18 @@ def test_errors_name_the_keys(tiny):
     _, v = tiny
     sd = flax_to_torch_state_dict(v)
     broken = dict(sd)
-    del broken["head.bias"]
-    broken["head.extra"] = np.zeros(3)
-    broken["stem.conv1.weight"] = np.zeros((1, 2, 3, 4), np.float32)
+    del broken["head.fc.bias"]
+    broken["head.fc.extra"] = np.zeros(3)
+    broken["backbone.stem.conv1.weight"] = np.zeros((1, 2, 3, 4), np.float32)
     with pytest.raises(ConversionError) as err:
         torch_state_dict_to_flax(broken, like=v)
     msg = str(err.value)
-    assert "missing 1 key(s): head.bias" in msg
-    assert "unexpected 1 key(s): head.extra" in msg
-    assert "stem.conv1.weight: got (1, 2, 3, 4)" in msg
+    assert "missing 1 key(s): head.fc.bias" in msg
+    assert "unexpected 1 key(s): head.fc.extra" in msg
+    assert "backbone.stem.conv1.weight: got (1, 2, 3, 4)" in msg
     other = dmformer_jax.create_model("dmformer_tiny_test", num_classes=7)
     other_v = jax.eval_shape(other.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-    with pytest.raises(ConversionError, match=r"head\.weight: got \(5, 32\), expected \(7, 32\)"):
+    with pytest.raises(ConversionError, match=r"head\.fc\.weight: got \(5, 32\), expected \(7, 32\)"):
         flax_to_torch_state_dict(v, like=flax_to_torch_state_dict(jax.tree.map(lambda s: np.empty(s.shape, np.float32), other_v)))
 
 

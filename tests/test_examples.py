@@ -53,7 +53,7 @@ def test_doc_blocks_run(runs_dir):
                        text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     assert "dmformer_tiny_test 10 (4, 10)" in p.stdout
-    assert "reset: params/head/bias, params/head/kernel" in p.stdout
+    assert "reset: params/head/fc/bias, params/head/fc/kernel" in p.stdout
 
 
 def test_linear_probe_example(runs_dir):

@@ -93,7 +93,7 @@ def _drop_path_rates(name: str) -> list[float]:
 
     def interceptor(next_fun, args, kwargs, context):
         if isinstance(context.module, layers.DropPath) and context.method_name == "__call__":
-            block = context.module.scope.path[-2]
+            block = context.module.scope.path[-2]  # (..., 'backbone', 'stage_i_block_j', 'drop_path')
             stage, index = map(int, re.fullmatch(r"stage_(\d+)_block_(\d+)", block).groups())
             rates.setdefault((stage, index), float(context.module.rate))
         return next_fun(*args, **kwargs)

@@ -264,5 +264,19 @@ def test_variant_sizes_match_the_spec_within_3_percent(name, expected_params):
     count = sum(np.prod(p.shape) for p in jax.tree.leaves(shapes["params"]))
     assert abs(count - expected_params) / expected_params < 0.03
     # Variant table from the spec: depths and widths.
-    stages = {k for k in shapes["params"] if k.startswith("stage_")}
+    stages = {k for k in shapes["params"]["backbone"] if k.startswith("stage_")}
     assert len(stages) == sum(VARIANTS[name].depths)
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_stem_width_is_derived_from_the_widths_in_use(name):
+    def stem_width(**kw):
+        model = dmformer_jax.create_model(name, **kw)
+        shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+        return shapes["params"]["backbone"]["stem"]["conv1"]["kernel"].shape[-1]
+
+    # The spec: 64 channels, or the first stage width when that is smaller.
+    assert stem_width() == {"dmformer_tiny_test": 8, "dmformer_t": 32, "dmformer_s": 64, "dmformer_l": 64}[name]
+    assert stem_width(widths=(16, 32, 48, 64)) == 16  # an override leaves no stale stem width
+    assert stem_width(widths=(96, 192, 384, 768)) == 64
+    assert stem_width(stem_hidden_width=24) == 24

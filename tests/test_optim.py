@@ -64,7 +64,7 @@ def test_weight_decay_mask_only_kernels():
     assert all(not k.endswith("['kernel']") for k in kept)
     # Depth-wise kernels (k, k, 1, C) are decayed; every norm/bias/gamma is not.
     assert any("branch_0" in k for k in decayed)
-    for needle in ("['bias']", "['scale']", "['gamma']", "bn1", "head_norm"):
+    for needle in ("['bias']", "['scale']", "['gamma']", "bn1", "['head']['norm']"):
         assert any(needle in k for k in kept), needle
     assert not any("['gamma']" in k or "['scale']" in k or "['bias']" in k for k in decayed)
 

@@ -72,3 +72,28 @@ def test_training_mode_matches_pytorch_batch_statistics(peers):
     for key, value in new_state.items():
         if key.endswith("running_mean"):
             np.testing.assert_allclose(value, sd[key].numpy(), rtol=0, atol=1e-5, err_msg=key)
+
+
+def test_backbone_with_out_norms_matches_pytorch():
+    """The dense-head backbone (a LayerNorm on each returned map) against the PyTorch twin."""
+    from dmformer_jax.models import VARIANTS, Backbone
+    from dmformer_jax.torch_model import BackboneTorch
+
+    kwargs = VARIANTS["dmformer_tiny_test"].model_kwargs()
+    x = np.random.RandomState(2).randn(2, 64, 64, 3).astype(np.float32)
+    backbone = Backbone(**kwargs, out_norms=True)
+    variables = random_variables(backbone, x.shape, seed=3)
+    assert set(variables["params"]) >= {f"norm_stage_{i}" for i in range(4)}
+    torch_backbone = BackboneTorch(**kwargs, out_norms=True).eval()
+    state = flax_to_torch_state_dict(variables, like=torch_backbone.state_dict())
+    torch_backbone.load_state_dict({k: torch.tensor(v) for k, v in state.items()}, strict=True)
+    with torch.no_grad():
+        want = {k: v.permute(0, 2, 3, 1).numpy() for k, v in torch_backbone(torch.from_numpy(x).permute(0, 3, 1, 2)).items()}
+    got = jax.jit(backbone.apply)(variables, jnp.asarray(x))
+    assert set(got) == set(want) == {"stage_0", "stage_1", "stage_2", "stage_3"}
+    for key in want:
+        assert np.std(want[key]) > 0.1
+        np.testing.assert_allclose(np.asarray(got[key]), want[key], rtol=0, atol=1e-4, err_msg=key)
+    # Off by default: no norms in the tree, so classifier parameters are unaffected.
+    plain = jax.eval_shape(Backbone(**kwargs).init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    assert not any(k.startswith("norm_stage") for k in plain["params"])

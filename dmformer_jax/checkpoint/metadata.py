@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from dmformer_jax.errors import CheckpointError
 from dmformer_jax.models import VARIANTS, DMFormer, create_model
+from dmformer_jax.models.backbone import stem_hidden_width
 
 FORMAT = "dmformer_jax/2"
 TRAIN_V1 = "dmformer_jax.train/1"
@@ -47,6 +48,8 @@ def architecture_of(model: DMFormer) -> dict[str, Any]:
         elif isinstance(value, (tuple, list)):
             value = [int(v) for v in value]
         arch[field.name] = value
+    # Resolved (not None), so the record rebuilds the same stem whatever the default rule.
+    arch["stem_hidden_width"] = stem_hidden_width(arch["widths"], arch["stem_hidden_width"])
     return arch
 
 

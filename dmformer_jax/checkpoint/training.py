@@ -35,6 +35,7 @@ from dmformer_jax.checkpoint.layout import (
 from dmformer_jax.checkpoint import metadata
 from dmformer_jax.checkpoint.manifest import verify_manifest, write_manifest
 from dmformer_jax.errors import CheckpointError, CheckpointSaveError, first_line
+from dmformer_jax.models import legacy
 from dmformer_jax.paths import resolve
 
 def _handlers() -> dict[str, Any]:
@@ -227,7 +228,13 @@ def _read(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, architect
         saved = _shapes(mngr.item_metadata(step)[STATE])
     except Exception as e:  # noqa: BLE001  (any failure to read is corruption)
         return None, first_line(e)
-    problem = _mismatch(saved, _shapes(abstract_state))
+    # A run written before the backbone/heads split (v1 names, params/stem/...) resumed
+    # by today's model (params/backbone/stem/...): restore it with the v1 layout of
+    # this run's tree, then rename to today's.
+    wanted = _shapes(abstract_state)
+    v1 = any(p.startswith("params/stem/") for p in saved) and any(p.startswith("params/backbone/") for p in wanted)
+    target = legacy.to_v1_tree(abstract_state) if v1 else abstract_state
+    problem = _mismatch(saved, _shapes(target) if v1 else wanted)
     if problem is not None:
         if architecture is not None and _architecture(meta) == architecture:
             # Written by this very model, yet its tree does not fit: damaged metadata.
@@ -240,12 +247,13 @@ def _read(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, architect
         restored = mngr.restore(
             step,
             args=ocp.args.Composite(
-                **{STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore()}
+                **{STATE: ocp.args.StandardRestore(target), META: ocp.args.JsonRestore()}
             ),
         )
     except Exception as e:  # noqa: BLE001
         return None, first_line(e)
-    return (restored[STATE], restored[META]), None
+    state = legacy.remap_v1_tree(restored[STATE]) if v1 else restored[STATE]
+    return (state, restored[META]), None
 
 
 def _set_aside(workdir: str, step: int) -> epath.Path:

@@ -19,6 +19,7 @@ from dmformer_jax.checkpoint.manifest import verify_manifest
 from dmformer_jax.errors import CheckpointError, first_line
 from dmformer_jax.models import DMFormer
 from dmformer_jax.models.init import init_on_zeros
+from dmformer_jax.models.legacy import remap_v1_state_dict, remap_v1_tree
 
 
 def replicated(sharding: jax.sharding.Sharding | None = None) -> jax.sharding.Sharding:
@@ -95,7 +96,8 @@ def _read_training(source: Source, use_ema: bool, sharding) -> tuple[dict, dict]
         )
     params = state["ema_params"] if "ema_params" in state else state["params"]
     meta["ema"] = "ema_params" in state
-    return meta, {"params": params, "batch_stats": state.get("batch_stats", {})}
+    # Checkpoints written before the backbone/heads split name their arrays the v1 way.
+    return meta, remap_v1_tree({"params": params, "batch_stats": state.get("batch_stats", {})})
 
 
 def _read_orbax(source: Source, sharding) -> tuple[dict, dict]:
@@ -108,7 +110,7 @@ def _read_orbax(source: Source, sharding) -> tuple[dict, dict]:
         tree_meta = checkpointer.metadata(item).item_metadata.tree
         target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree_meta)
         variables = checkpointer.restore(item, target)
-    return meta, dict(variables)
+    return meta, remap_v1_tree(dict(variables))  # v1 exports: old names
 
 
 def _read_safetensors(source: Source, sharding) -> tuple[dict, dict]:
@@ -118,7 +120,7 @@ def _read_safetensors(source: Source, sharding) -> tuple[dict, dict]:
 
     meta = read_metadata(source)
     with safe_open(source.path, framework="numpy") as f:
-        state_dict = {k: f.get_tensor(k) for k in f.keys()}
+        state_dict = remap_v1_state_dict({k: f.get_tensor(k) for k in f.keys()})  # v1: old names
     like = jax.eval_shape(init_fn(metadata.model_from_metadata(meta), int(meta["image_size"])))
     return meta, jax.device_put(torch_state_dict_to_flax(state_dict, like), sharding)
 

@@ -18,6 +18,7 @@ import tensorflow_datasets as tfds
 from dmformer_jax.data import digits  # noqa: F401  (registers 'dmformer_digits' with TFDS)
 from dmformer_jax.data import pipeline
 from dmformer_jax.data.pipeline import transfer_dtype  # noqa: F401  (part of this API)
+from dmformer_jax import recipe
 from dmformer_jax.errors import DataError
 from dmformer_jax.paths import is_url, resolve_optional
 
@@ -191,12 +192,8 @@ def make_train_iterator(config, *, start_step: int, process_index: int,
 
 
 def eval_crop_pct(config) -> float:
-    """``config.data.crop_pct``, or the model variant's when None."""
-    if config.data.crop_pct is not None:
-        return float(config.data.crop_pct)
-    from dmformer_jax.models import get_variant
-
-    return float(get_variant(config.model.name).crop_pct)
+    """``config.data.crop_pct``, or the recipe's value for the variant when None."""
+    return recipe.eval_crop_pct(config.data.crop_pct, config.model.name)
 
 
 def make_eval_iterator(config, *, process_index: int,

@@ -109,7 +109,7 @@ def _options(config=None) -> tf.data.Options:
 def _accelerator_host() -> bool:
     import jax
 
-    from dmformer_jax.train.state import on_accelerator
+    from dmformer_jax.backends import on_accelerator
 
     return on_accelerator(jax.default_backend())
 

@@ -1,8 +1,10 @@
-"""The DMFormer network: a MetaFormer with DMA as its token mixer.
+"""The DMFormer classifier: a `Backbone` named ``backbone`` and a `ClassifierHead`
+named ``head``.
 
-Layout (``../shared/spec/dmformer.md``): stem (stride 4) -> 4 stages of blocks with a
-3×3 stride-2 downsampling conv between stages (strides 4, 8, 16, 32) -> global
-average pool -> LayerNorm -> Dense head. All activations are NHWC.
+Parameter tree (docs/architecture.md): ``params/backbone/{stem, stage_i_block_j,
+downsample_i}/...`` and ``params/head/{norm, fc}/...``; ``batch_stats/backbone/...``.
+Dense-prediction models hold the same ``backbone`` next to their own ``decode_head``,
+so a classifier's backbone loads into them by path (`dmformer_jax.models.pretrained`).
 """
 
 from __future__ import annotations
@@ -13,88 +15,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dmformer_jax.models import layers
-from dmformer_jax.models.dma import DMA
+from dmformer_jax.models.backbone import (  # noqa: F401  (re-exported: the old home)
+    FEATURE_NAMES, FEATURE_STRIDES, Backbone, Block, Downsample, Stem,
+)
+from dmformer_jax.models.heads import ClassifierHead
 
 Array = jax.Array
-FEATURE_NAMES = ("stage_0", "stage_1", "stage_2", "stage_3")
-FEATURE_STRIDES = (4, 8, 16, 32)
-
-
-class Stem(nn.Module):
-    """Shunted-Transformer stem, stride 4: ``(B, H, W, 3)`` -> ``(B, H/4, W/4, width)``.
-
-    Conv7×7 s2 -> BN -> ReLU -> Conv3×3 -> BN -> ReLU -> Conv2×2 s2 -> LayerNorm.
-    """
-
-    width: int
-    hidden_width: int
-    conv_impl: str = "auto"
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: Array, train: bool = False) -> Array:
-        kw = dict(impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype)
-        x = layers.conv(self.hidden_width, 7, stride=2, padding=3, use_bias=False, name="conv1", **kw)(x)
-        x = nn.relu(layers.batch_norm(train, self.param_dtype, name="bn1")(x)).astype(self.dtype)
-        x = layers.conv(self.hidden_width, 3, padding=1, use_bias=False, name="conv2", **kw)(x)
-        x = nn.relu(layers.batch_norm(train, self.param_dtype, name="bn2")(x)).astype(self.dtype)
-        x = layers.conv(self.width, 2, stride=2, name="conv3", **kw)(x)
-        return layers.layer_norm(self.param_dtype, name="norm")(x).astype(self.dtype)
-
-
-class Downsample(nn.Module):
-    """Conv3×3 s2 pad 1 -> LayerNorm: ``(B, H, W, C_in)`` -> ``(B, H/2, W/2, width)``."""
-
-    width: int
-    conv_impl: str = "auto"
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        x = layers.conv(
-            self.width, 3, stride=2, padding=1, impl=self.conv_impl, name="conv",
-            dtype=self.dtype, param_dtype=self.param_dtype,
-        )(x)
-        return layers.layer_norm(self.param_dtype, name="norm")(x).astype(self.dtype)
-
-
-class Block(nn.Module):
-    """MetaFormer block with DMA::
-
-        x = x + DropPath(ls1 · DMA(LN(x)))
-        x = x + DropPath(ls2 · MLP(LN(x)))
-    """
-
-    mlp_ratio: float = 4.0
-    drop_path_rate: float = 0.0
-    layer_scale_init: float = 1e-5
-    dma: dict = None  # keyword arguments for DMA
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: Array, train: bool = False) -> Array:
-        """``x``: ``(B, H, W, C)`` -> ``(B, H, W, C)``."""
-        channels = x.shape[-1]
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        drop_path = layers.DropPath(self.drop_path_rate, name="drop_path")
-
-        y = layers.layer_norm(self.param_dtype, name="norm1")(x).astype(self.dtype)
-        y = DMA(**(self.dma or {}), name="token_mixer", **kw)(y, train=train)
-        y = layers.LayerScale(self.layer_scale_init, self.param_dtype, name="layer_scale1")(y)
-        x = x + drop_path(y, deterministic=not train)
-
-        y = layers.layer_norm(self.param_dtype, name="norm2")(x).astype(self.dtype)
-        y = layers.Mlp(int(self.mlp_ratio * channels), name="mlp", **kw)(y)
-        y = layers.LayerScale(self.layer_scale_init, self.param_dtype, name="layer_scale2")(y)
-        return x + drop_path(y, deterministic=not train)
 
 
 class DMFormer(nn.Module):
-    """DMFormer image classifier and backbone.
+    """DMFormer image classifier: `Backbone` (``backbone``) + `ClassifierHead` (``head``).
+
+    Every field but ``num_classes`` is the backbone's; ``method="features"`` (or
+    ``features_only=True``) returns the backbone's stage maps without the head.
 
     Attributes:
       depths: blocks per stage.
@@ -103,7 +36,7 @@ class DMFormer(nn.Module):
       drop_path_rate: the last block's rate; ramps linearly from 0 over all blocks.
       layer_scale_init: initial layer-scale value.
       mlp_ratio: MLP hidden width / C.
-      stem_hidden_width: stem width (spec: 64, or the stage-1 width if smaller).
+      stem_hidden_width: stem width; None (default) is ``min(64, widths[0])``.
       expand_ratio, kernel_sizes, dilations, fusion, gate_reduction, inner_residual,
       depthwise_impl: DMA knobs (`dmformer_jax.models.dma.DMA`).
       conv_impl: how the dense convs (stem, downsampling, 1×1) are computed
@@ -118,7 +51,7 @@ class DMFormer(nn.Module):
     drop_path_rate: float = 0.0
     layer_scale_init: float = 1e-5
     mlp_ratio: float = 4.0
-    stem_hidden_width: int = 64
+    stem_hidden_width: int | None = None
     expand_ratio: int = 3
     kernel_sizes: Sequence[int] = (3, 5, 7)
     dilations: Sequence[int] = (1, 2, 3)
@@ -145,56 +78,30 @@ class DMFormer(nn.Module):
           when ``num_classes == 0``), or with ``features_only`` a dict
           ``{'stage_i': (B, H/s_i, W/s_i, widths[i])}`` for strides 4, 8, 16, 32.
         """
-        depths, widths = layers.tuple_of(self.depths), layers.tuple_of(self.widths)
-        if len(depths) != 4 or len(widths) != 4:
-            raise ValueError(f"DMFormer needs 4 stages, got depths={depths}, widths={widths}")
-        height, width = images.shape[1], images.shape[2]
-        if height % 32 or width % 32:
-            raise ValueError(
-                f"DMFormer needs image sides divisible by 32, got {height}x{width}; "
-                "resize or crop the input"
-            )
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        dma_kw = dict(
+        backbone = Backbone(
+            depths=self.depths,
+            widths=self.widths,
+            drop_path_rate=self.drop_path_rate,
+            layer_scale_init=self.layer_scale_init,
+            mlp_ratio=self.mlp_ratio,
+            stem_hidden_width=self.stem_hidden_width,
             expand_ratio=self.expand_ratio,
-            kernel_sizes=layers.tuple_of(self.kernel_sizes),
-            dilations=layers.tuple_of(self.dilations),
+            kernel_sizes=self.kernel_sizes,
+            dilations=self.dilations,
             fusion=self.fusion,
             gate_reduction=self.gate_reduction,
             inner_residual=self.inner_residual,
             depthwise_impl=self.depthwise_impl,
             conv_impl=self.conv_impl,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="backbone",
         )
-        total_blocks = sum(depths)
-        rates = [self.drop_path_rate * i / max(total_blocks - 1, 1) for i in range(total_blocks)]
-
-        x = images.astype(self.dtype)
-        x = Stem(widths[0], self.stem_hidden_width, self.conv_impl, name="stem", **kw)(x, train=train)
-        features = {}
-        block_index = 0
-        for stage, (depth, width_) in enumerate(zip(depths, widths)):
-            if stage > 0:
-                x = Downsample(width_, self.conv_impl, name=f"downsample_{stage}", **kw)(x)
-            for j in range(depth):
-                x = Block(
-                    mlp_ratio=self.mlp_ratio,
-                    drop_path_rate=rates[block_index],
-                    layer_scale_init=self.layer_scale_init,
-                    dma=dma_kw,
-                    name=f"stage_{stage}_block_{j}",
-                    **kw,
-                )(x, train=train)
-                block_index += 1
-            features[FEATURE_NAMES[stage]] = x
+        features = backbone(images, train=train)
         if features_only:
             return features
-
-        pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-        pooled = layers.layer_norm(self.param_dtype, name="head_norm")(pooled)
-        if self.num_classes == 0:
-            return pooled
-        logits = layers.dense(self.num_classes, name="head", **kw)(pooled.astype(self.dtype))
-        return logits.astype(jnp.float32)
+        head = ClassifierHead(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")
+        return head(features[FEATURE_NAMES[-1]])
 
     def features(self, images: Array, train: bool = False) -> dict[str, Array]:
         """The four stage maps (strides 4, 8, 16, 32); see ``__call__``."""

@@ -1,6 +1,6 @@
 """Named DMFormer variants and `create_model`.
 
-Depths and widths are our reconstruction (INFERRED in ``../shared/spec/dmformer.md``),
+Depths and widths are our reconstruction (INFERRED; docs/architecture.md),
 sized to the paper's reported accuracy level; the paper publishes neither.
 """
 
@@ -16,15 +16,15 @@ from dmformer_jax.models.dmformer import DMFormer
 class Variant:
     """A named architecture: the `DMFormer` fields that differ from its defaults.
 
-    ``crop_pct`` and ``drop_path_rate`` are the recipe values that travel with the
-    variant (eval resize ratio and stochastic-depth rate).
+    ``drop_path_rate`` is the stochastic-depth rate that travels with the variant. Data
+    recipe values (eval ``crop_pct``, mean/std) live in `dmformer_jax.recipe`; the stem
+    width is derived inside the model from ``widths``.
     """
 
     depths: tuple[int, int, int, int]
     widths: tuple[int, int, int, int]
     drop_path_rate: float
     layer_scale_init: float
-    crop_pct: float
     description: str
 
     def model_kwargs(self) -> dict[str, Any]:
@@ -33,31 +33,31 @@ class Variant:
             widths=self.widths,
             drop_path_rate=self.drop_path_rate,
             layer_scale_init=self.layer_scale_init,
-            stem_hidden_width=min(64, self.widths[0]),
         )
 
 
 VARIANTS: dict[str, Variant] = {
     "dmformer_tiny_test": Variant(
-        (1, 1, 1, 1), (8, 16, 24, 32), 0.0, 1e-5, 0.9,
+        (1, 1, 1, 1), (8, 16, 24, 32), 0.0, 1e-5,
         "4-block model for tests and the offline demo (ours)",
     ),
     "dmformer_t": Variant(
-        (2, 2, 4, 2), (32, 64, 160, 256), 0.05, 1e-5, 0.9,
+        (2, 2, 4, 2), (32, 64, 160, 256), 0.05, 1e-5,
         "small/fast variant (ours; the paper reports none)",
     ),
     "dmformer_s": Variant(
-        (2, 2, 8, 2), (64, 128, 320, 512), 0.1, 1e-5, 0.9,
+        (2, 2, 8, 2), (64, 128, 320, 512), 0.1, 1e-5,
         "paper's -S, 82.8% top-1 (FOUND); depths/widths INFERRED",
     ),
     "dmformer_l": Variant(
-        (3, 3, 18, 3), (64, 128, 320, 512), 0.3, 1e-6, 0.95,
+        (3, 3, 18, 3), (64, 128, 320, 512), 0.3, 1e-6,
         "paper's -L, 83.6% top-1 (FOUND); depths/widths INFERRED",
     ),
 }
 
 # DMFormer fields a caller may override through create_model.
 OVERRIDABLE = tuple(f.name for f in dataclasses.fields(DMFormer) if f.name not in ("parent", "name"))
+SEQUENCE_FIELDS = ("depths", "widths", "kernel_sizes", "dilations")
 
 
 def list_models() -> list[str]:
@@ -94,6 +94,12 @@ def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> DMForm
         raise ValueError(
             f"unknown DMFormer option(s) {unknown} for {name!r}; valid options: {', '.join(OVERRIDABLE)}"
         )
+    for field in SEQUENCE_FIELDS:
+        # Lists (JSON, ConfigDict) become tuples: the module is hashed by jit caches.
+        if overrides.get(field) is not None:
+            overrides[field] = tuple(int(v) for v in overrides[field])
     kwargs.update(overrides)
-    kwargs["num_classes"] = num_classes
+    if int(num_classes) < 0:
+        raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+    kwargs["num_classes"] = int(num_classes)
     return DMFormer(**kwargs)

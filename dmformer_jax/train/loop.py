@@ -23,6 +23,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from dmformer_jax import checkpoint as ckpt
+from dmformer_jax import recipe
 from dmformer_jax.errors import CheckpointError, ConfigError
 from dmformer_jax.paths import resolve
 from dmformer_jax.train import mesh as mesh_lib
@@ -162,9 +163,7 @@ def checkpoint_meta(
     import json
 
     model = state_lib.build_model(config, num_classes)  # with the dtype this run computes in
-    crop_pct = config.data.crop_pct
-    if crop_pct is None:
-        crop_pct = state_lib.get_variant(config.model.name).crop_pct
+    crop_pct = recipe.eval_crop_pct(config.data.crop_pct, config.model.name)
     return ckpt.metadata.record(
         model,
         image_size=int(config.data.image_size),

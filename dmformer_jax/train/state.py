@@ -12,23 +12,13 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
+from dmformer_jax.backends import on_accelerator
 from dmformer_jax.errors import ConfigError
-from dmformer_jax.models import create_model, get_variant
+from dmformer_jax.models import create_model
 from dmformer_jax.models.init import fast_compile_options, init_on_zeros
 from dmformer_jax.train import mesh as mesh_lib
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# Backends where 'auto' means bfloat16 compute (and uint8 input transfer): their matrix
-# units run bfloat16 at full rate. CPU keeps float32 (no faster there, and the CPU
-# tests' numerics stay exact).
-ACCELERATORS = ("tpu", "gpu", "cuda", "rocm")
-
-
-def on_accelerator(backend: str | None = None) -> bool:
-    """Whether ``backend`` (default `jax.default_backend()`) is a TPU or GPU."""
-    return (backend or jax.default_backend()) in ACCELERATORS
-
-
 def resolve_dtype(name: str, backend: str | None = None) -> str:
     """``config.model.dtype`` as a `DTYPES` key: ``'auto'`` is ``'bfloat16'`` on TPU/GPU,
     ``'float32'`` on CPU; other names are returned unchanged."""
@@ -57,25 +47,27 @@ class TrainState(flax.struct.PyTreeNode):
     rng: jax.Array
 
 
+# config.model keys that are not DMFormer fields: the variant, and the compute dtype
+# (resolved per backend here, stored by name in the checkpoint metadata).
+_NOT_MODEL_FIELDS = ("name", "dtype")
+
+
 def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The `create_model` overrides that ``config.model`` asks for (JSON-friendly)."""
+    """The `create_model` overrides that ``config.model`` asks for (JSON-friendly).
+
+    Every field other than ``name``/``dtype`` that is not None passes through as is
+    (sequences as tuples); `dmformer_jax.models.create_model` validates the names.
+    """
     m = config.model
     if resolve_dtype(m.dtype) not in DTYPES:
         raise ConfigError(f"config.model.dtype={m.dtype!r} is not one of {sorted(DTYPES) + ['auto']}")
-    kwargs: dict[str, Any] = dict(
-        depthwise_impl=m.depthwise_impl,
-        conv_impl=m.conv_impl,
-        expand_ratio=m.expand_ratio,
-        fusion=m.fusion,
-        gate_reduction=m.gate_reduction,
-        inner_residual=m.inner_residual,
-    )
-    if m.drop_path_rate is not None:
-        kwargs["drop_path_rate"] = float(m.drop_path_rate)
-    if m.get("widths") is not None:
-        kwargs["widths"] = tuple(int(w) for w in m.widths)
-    if m.get("depths") is not None:
-        kwargs["depths"] = tuple(int(d) for d in m.depths)
+    if m.get("param_dtype") is not None and m.param_dtype not in DTYPES:
+        raise ConfigError(f"config.model.param_dtype={m.param_dtype!r} is not one of {sorted(DTYPES)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in m.items():
+        if key in _NOT_MODEL_FIELDS or value is None:
+            continue
+        kwargs[key] = tuple(value) if isinstance(value, (list, tuple)) else value
     return kwargs
 
 
@@ -83,15 +75,17 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modul
     """The DMFormer of ``config.model`` with ``num_classes`` outputs.
 
     Raises:
-      ConfigError: unknown model name or option (one line, listing valid values).
+      ConfigError: unknown model name or option, or a bad value (one line).
     """
+    kwargs = model_kwargs(config)
+    if "param_dtype" in kwargs:
+        kwargs["param_dtype"] = DTYPES[kwargs["param_dtype"]]
     try:
-        get_variant(config.model.name)
         return create_model(
             config.model.name,
             num_classes=num_classes,
             dtype=DTYPES.get(resolve_dtype(config.model.dtype)),
-            **model_kwargs(config),
+            **kwargs,
         )
     except ValueError as e:
         raise ConfigError(f"config.model: {e}") from None
