@@ -175,7 +175,7 @@ def torch_contenders(name, args, images, labels, variables_np, kinds, modes=("in
     import torch
     import torch.nn.functional as F
 
-    from dmformer_jax.convert import flax_to_torch_state_dict
+    from dmformer_jax.checkpoint.convert import flax_to_torch_state_dict
     from dmformer_jax.torch_model import create_torch_model
 
     torch.set_num_threads(args.torch_threads)

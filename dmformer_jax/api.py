@@ -174,7 +174,7 @@ def to_torch(model: DMFormer, variables: Mapping[str, Any]):
     """The `dmformer_jax.torch_model.DMFormerTorch` twin of ``model`` with its weights (eval mode)."""
     import torch
 
-    from dmformer_jax.convert import flax_to_torch_state_dict
+    from dmformer_jax.checkpoint.convert import flax_to_torch_state_dict
     from dmformer_jax.torch_model import DMFormerTorch
 
     arch = {k: v for k, v in architecture_of(model).items() if k not in _JAX_ONLY_FIELDS}
@@ -187,9 +187,9 @@ def to_torch(model: DMFormer, variables: Mapping[str, Any]):
 def from_torch(model: DMFormer, state_dict: Mapping[str, Any], *, sharding=None) -> dict[str, Any]:
     """Flax variables of ``model`` from a PyTorch ``state_dict`` (e.g. ``net.state_dict()``).
 
-    Raises `dmformer_jax.convert.ConversionError` listing missing/unexpected/mis-shaped keys.
+    Raises `dmformer_jax.checkpoint.convert.ConversionError` listing missing/unexpected/mis-shaped keys.
     """
-    from dmformer_jax.convert import torch_state_dict_to_flax
+    from dmformer_jax.checkpoint.convert import torch_state_dict_to_flax
 
     like = jax.eval_shape(init_fn(model, 32))
     return jax.device_put(torch_state_dict_to_flax(state_dict, like), replicated(sharding))

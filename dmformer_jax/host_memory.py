@@ -3,11 +3,10 @@
 Why: XLA's CPU runtime allocates each step's temporaries (8.4 GiB for dmformer_s at
 batch 32) with ``malloc`` from its worker threads, and glibc serves such large
 requests with a fresh ``mmap`` that ``free`` unmaps again. So every step re-faults
-all of it: ~2.3M minor page faults per dmformer_s step, ~2–3 s of a 17 s step on a
-2-core machine, and far more when other processes hold memory. Serving every thread
-from the main heap (``M_ARENA_MAX=1``), never via ``mmap`` (``M_MMAP_MAX=0``) and never
-trimming it (``M_TRIM_THRESHOLD``) keeps those pages mapped: measured 0 faults and
-14.8 s per step (docs/benchmarks.md). The cost is that the process keeps its peak
+all of it, millions of minor page faults per dmformer_s step, and far more when
+other processes hold memory. Serving every thread from the main heap
+(``M_ARENA_MAX=1``), never via ``mmap`` (``M_MMAP_MAX=0``) and never trimming it
+(``M_TRIM_THRESHOLD``) keeps those pages mapped (measured: docs/benchmarks.md). The cost is that the process keeps its peak
 host memory until it exits, which a training process needs again at every step.
 
 Only for the CPU backend: on GPU/TPU hosts the big buffers live on the device, and a

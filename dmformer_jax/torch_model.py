@@ -1,7 +1,7 @@
 """DMFormer in PyTorch: the independent peer for numerics tests and benchmarks.
 
 Written from the architecture spec (docs/architecture.md), not translated from the
-Flax code; only the module names follow the Flax tree so that `dmformer_jax.convert`
+Flax code; only the module names follow the Flax tree so that `dmformer_jax.checkpoint.convert`
 maps parameters 1:1 (``backbone.stage_2_block_3.token_mixer.branch_1.weight`` is Flax
 ``params/backbone/stage_2_block_3/token_mixer/branch_1/kernel``; ``head.fc.weight`` is
 ``params/head/fc/kernel``).

@@ -1,6 +1,6 @@
 """An independent NumPy float64 implementation of the spec's DMFormer equations.
 
-Written from ``../shared/spec/dmformer.md`` alone: it shares no code with
+Written from the equations of ``docs/architecture.md`` alone: it shares no code with
 `dmformer_jax` and reads only the parameter pytree (plain nested dicts of arrays).
 Convolutions are explicit loops over kernel taps on zero-padded inputs (NHWC).
 """

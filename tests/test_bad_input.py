@@ -80,15 +80,10 @@ def cases(tmp_path_factory):
         "checkpoint_of_another_variant": (list(sr.TINY), other_variant,
                                           ["params/", "(8, 16, 24, 40)", "--workdir"]),
     }
-    try:
-        import dmformer_jax.finetune  # noqa: F401
-    except ImportError:
-        pass  # init_from is another engineer's work in progress: that case is skipped below
-    else:
-        specs["init_from_num_classes_mismatch"] = (
-            [*sr.TINY, f"--config.init_from={pretrained_5}"], None,
-            ["params/head", "--config.reset_head=True"],
-        )
+    specs["init_from_num_classes_mismatch"] = (
+        [*sr.TINY, f"--config.init_from={pretrained_5}"], None,
+        ["params/head", "--config.reset_head=True"],
+    )
 
     def one(name):
         argv, workdir, needles = specs[name]
@@ -113,8 +108,6 @@ NAMES = [
 
 @pytest.mark.parametrize("name", NAMES)
 def test_one_line_error_exit_2_workdir_untouched(cases, name):
-    if name not in cases:
-        pytest.skip("config.init_from (dmformer_jax.finetune) is not in this checkout")
     result, workdir, before, needles = cases[name]
     err = result.stderr
     assert "Traceback" not in err, err[-3000:]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import dmformer_jax
-from dmformer_jax.convert import ConversionError, flax_to_torch_state_dict, torch_state_dict_to_flax
+from dmformer_jax.checkpoint.convert import ConversionError, flax_to_torch_state_dict, torch_state_dict_to_flax
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Freshly initialised models (not randomised ones) against the spec (issue 15).
 
-Expected values are written by hand from ``shared/spec/dmformer.md``: layer-scale init
+Expected values are written by hand from ``docs/architecture.md``: layer-scale init
 1e-5 (S) / 1e-6 (L); drop path 0.1 (S) / 0.3 (L) ramped linearly from 0 over all
 blocks; kernels truncated normal with standard deviation 0.02; biases zero. Init runs
 with the depths cut to one block per stage (widths, layer scale and initialisers are

@@ -104,7 +104,7 @@ def test_v1_fixture_names_remap_onto_todays_model_exactly():
     from flax import traverse_util
     from safetensors import safe_open
 
-    from dmformer_jax.convert import flax_to_torch_state_dict
+    from dmformer_jax.checkpoint.convert import flax_to_torch_state_dict
     from dmformer_jax.models.legacy import remap_v1_state_dict, remap_v1_tree
 
     model = dmformer_jax.create_model("dmformer_tiny_test", num_classes=10)

@@ -9,7 +9,7 @@ import torch  # noqa: E402  (a test dependency: a missing torch must fail, not s
 
 import dmformer_jax  # noqa: E402
 from dmformer_jax.bench import random_variables  # noqa: E402
-from dmformer_jax.convert import flax_to_torch_state_dict  # noqa: E402
+from dmformer_jax.checkpoint.convert import flax_to_torch_state_dict  # noqa: E402
 from dmformer_jax.models import depthwise  # noqa: E402
 from dmformer_jax.torch_model import create_torch_model  # noqa: E402
 

@@ -34,7 +34,7 @@ def write_export(path: str, variables: Mapping[str, Any], record: Mapping[str, A
     if str(path).endswith(".safetensors"):
         from safetensors.numpy import save_file
 
-        from dmformer_jax.convert import flax_to_torch_state_dict
+        from dmformer_jax.checkpoint.convert import flax_to_torch_state_dict
 
         state_dict = flax_to_torch_state_dict(jax.device_get(inference))
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -116,7 +116,7 @@ def _read_orbax(source: Source, sharding) -> tuple[dict, dict]:
 def _read_safetensors(source: Source, sharding) -> tuple[dict, dict]:
     from safetensors import safe_open
 
-    from dmformer_jax.convert import torch_state_dict_to_flax
+    from dmformer_jax.checkpoint.convert import torch_state_dict_to_flax
 
     meta = read_metadata(source)
     with safe_open(source.path, framework="numpy") as f:

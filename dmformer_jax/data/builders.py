@@ -168,9 +168,6 @@ def make_train_iterator(config, *, start_step: int, process_index: int,
     so the global batch at a step is the same for any process count.
     """
     _check_process(process_index, process_count)
-    if config.batch_size % process_count:
-        raise DataError(f"batch_size={config.batch_size} does not divide by the {process_count} processes; use "
-                        f"a multiple of {process_count}")
     if start_step < 0:
         raise DataError(f"start_step={start_step} is negative")
     shards = num_shards(config, process_count)

@@ -13,8 +13,8 @@ Implementations (timings in ``docs/benchmarks.md``):
     where ``patches`` stacks the k² strided slices of the padded input. Both
     gradients become one matmul each plus slice/pad bookkeeping that XLA fuses.
     Why: on XLA's CPU backend the backward of ``conv_general_dilated`` is the slow
-    part (32×112×112×64 -> 64, 3×3: 4.8 s forward+backward vs 2.2 s this way; a 1×1
-    conv 32×56×56×64 -> 192: 1.04 s vs 0.37 s), while its forward is fast.
+    part while its forward is fast (figures: docs/benchmarks.md, "Dense convolution
+    implementations").
 
 ``'auto'`` picks per backend (`resolve_impl`): im2col on CPU, XLA's conv on GPU/TPU
 (where a conv *is* an implicit GEMM already).

@@ -1,6 +1,6 @@
 """DMA, Dynamic Multi-level Attention: the DMFormer token mixer.
 
-Equations (``../shared/spec/dmformer.md``; F = stated by the paper, I = our
+Equations (``docs/architecture.md``; F = stated by the paper, I = our
 reconstruction default, each a knob)::
 
     e   = Conv1x1(x)                       C -> N·C            (F; N = expand_ratio, I)

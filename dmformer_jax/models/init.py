@@ -2,8 +2,8 @@
 
 ``jax.jit(model.init)`` compiles the whole forward pass plus one random-number
 kernel per parameter; on XLA's CPU backend LLVM spends most of that time optimising
-code that runs exactly once (measured: ~2 s per threefry kernel, ~100 s for the
-tiny test model). `init_variables` compiles init with LLVM's cheap settings on CPU,
+code that runs exactly once (docs/architecture.md, "Implementation notes").
+`init_variables` compiles init with LLVM's cheap settings on CPU,
 which changes how fast init runs, never the values it returns.
 """
 

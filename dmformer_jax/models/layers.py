@@ -3,7 +3,7 @@
 Every module here works on NHWC activations (``(B, H, W, C)``). Parameter names
 follow the PyTorch convention of the reconstruction (``kernel``/``bias`` for convs
 and dense layers, ``scale``/``bias`` for norms, ``gamma`` for layer scale) so that
-`dmformer_jax.convert` can map them 1:1 to a PyTorch ``state_dict``.
+`dmformer_jax.checkpoint.convert` can map them 1:1 to a PyTorch ``state_dict``.
 """
 
 from __future__ import annotations

@@ -117,10 +117,7 @@ def validate_config(config: ml_collections.ConfigDict, *, device_count: int, pro
         raise ConfigError(f"config.optim.ema_decay={decay} must be in [0, 1) (e.g. 0.9999), or None for no EMA")
     if config.optim.grad_clip_norm is not None and config.optim.grad_clip_norm <= 0:
         raise ConfigError(f"config.optim.grad_clip_norm={config.optim.grad_clip_norm} must be positive or None")
-    if state_lib.resolve_dtype(config.model.dtype) not in state_lib.DTYPES:
-        raise ConfigError(
-            f"config.model.dtype={config.model.dtype!r}; use one of {sorted(state_lib.DTYPES) + ['auto']}"
-        )
+    state_lib.compute_dtype(config)
 
 
 def check_multiprocess() -> None:
@@ -397,7 +394,7 @@ def _restore_or_init(config, workdir: str, s: _Setup) -> tuple[Any, int]:
         use_ema=config.optim.ema_decay is not None, mesh=s.mesh,
     )
     if config.get("init_from"):  # fine-tuning: pretrained weights, fresh optimizer
-        from dmformer_jax.finetune import init_state_from_pretrained
+        from dmformer_jax.train.pretrained import init_state_from_pretrained
 
         state = init_state_from_pretrained(config, state, log=log)
     return state, 0

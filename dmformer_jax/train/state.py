@@ -19,11 +19,25 @@ from dmformer_jax.models.init import fast_compile_options, init_on_zeros
 from dmformer_jax.train import mesh as mesh_lib
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
 def resolve_dtype(name: str, backend: str | None = None) -> str:
     """``config.model.dtype`` as a `DTYPES` key: ``'auto'`` is ``'bfloat16'`` on TPU/GPU,
     ``'float32'`` on CPU; other names are returned unchanged."""
     if name == "auto":
         return "bfloat16" if on_accelerator(backend) else "float32"
+    return name
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> str:
+    """The `DTYPES` key this run computes in (``config.model.dtype``, 'auto' resolved).
+
+    Raises:
+      ConfigError: an unknown dtype (one line, listing the valid ones).
+    """
+    name = resolve_dtype(config.model.dtype)
+    if name not in DTYPES:
+        raise ConfigError(f"config.model.dtype={config.model.dtype!r} is not one of {sorted(DTYPES) + ['auto']}")
     return name
 
 
@@ -59,8 +73,7 @@ def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
     (sequences as tuples); `dmformer_jax.models.create_model` validates the names.
     """
     m = config.model
-    if resolve_dtype(m.dtype) not in DTYPES:
-        raise ConfigError(f"config.model.dtype={m.dtype!r} is not one of {sorted(DTYPES) + ['auto']}")
+    compute_dtype(config)
     if m.get("param_dtype") is not None and m.param_dtype not in DTYPES:
         raise ConfigError(f"config.model.param_dtype={m.param_dtype!r} is not one of {sorted(DTYPES)}")
     kwargs: dict[str, Any] = {}
@@ -84,7 +97,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modul
         return create_model(
             config.model.name,
             num_classes=num_classes,
-            dtype=DTYPES.get(resolve_dtype(config.model.dtype)),
+            dtype=DTYPES[compute_dtype(config)],
             **kwargs,
         )
     except ValueError as e:
@@ -127,9 +140,9 @@ def create_train_state(
     init = _make_init(model, tx, image_size, seed, use_ema)
     abstract = jax.eval_shape(init)
     lowered = jax.jit(init, out_shardings=mesh_lib.tree_replicated(mesh, abstract)).lower()
-    # Init runs once, so optimising it is wasted work: on XLA's CPU backend the ~40
-    # truncated-normal (threefry) initialisers took ~100 s to compile at the default
-    # level and ~20 s without backend optimisation (measured, dmformer_tiny_test).
+    # Init runs once, so optimising it is wasted work: on XLA's CPU backend the
+    # truncated-normal (threefry) initialisers dominate its compile time
+    # (docs/architecture.md, "Implementation notes").
     return lowered.compile(compiler_options=fast_compile_options())()
 
 

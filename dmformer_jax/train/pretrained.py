@@ -1,9 +1,10 @@
 """Fine-tuning from ``--config.init_from``: a fresh `TrainState` whose weights come
 from a pretrained checkpoint or export.
 
-The merge itself (by path, with a report) is `dmformer_jax.models.pretrained`, a pure
-module that api and the trainer both import; this module imports `dmformer_jax.api`
-(to read the file) and api never imports this module, so there is no cycle.
+The file is read by `dmformer_jax.checkpoint` (any training checkpoint or export, v1
+names remapped); the merge itself (by path, with a report) is
+`dmformer_jax.models.pretrained`, pure tree code that `dmformer_jax.api.load` uses too.
+The trainer never goes through the research API.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
-from dmformer_jax import api
+from dmformer_jax.checkpoint import layout
+from dmformer_jax.checkpoint.variables import read_variables
 from dmformer_jax.errors import CheckpointError
-from dmformer_jax.models.pretrained import COLLECTIONS, MergeReport, merge_pretrained  # noqa: F401  (public here too)
+from dmformer_jax.models.pretrained import merge_pretrained
 
 
 def init_state_from_pretrained(
@@ -30,7 +32,7 @@ def init_state_from_pretrained(
     """
     sharding = jax.tree.leaves(state.params)[0].sharding
     try:
-        _, pretrained = api.load(str(config.init_from), sharding=sharding)
+        _, pretrained = read_variables(layout.locate(str(config.init_from)), sharding=sharding)
     except CheckpointError as e:
         raise CheckpointError(f"--config.init_from={config.init_from}: {e}") from None
     variables, report = merge_pretrained(
