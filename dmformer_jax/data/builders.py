@@ -19,7 +19,7 @@ from dmformer_jax.data import digits  # noqa: F401  (registers 'dmformer_digits'
 from dmformer_jax.data import pipeline
 from dmformer_jax.data.pipeline import transfer_dtype  # noqa: F401  (part of this API)
 from dmformer_jax import recipe
-from dmformer_jax.errors import DataError
+from dmformer_jax.errors import DataError, first_line
 from dmformer_jax.paths import is_url, resolve_optional
 
 # Datasets this package can build by itself, offline, on first use.
@@ -81,7 +81,7 @@ def _prepare(builder: tfds.core.DatasetBuilder, config) -> None:
             builder.download_and_prepare(download_config=config_dl)
         except Exception as e:  # a corrupt archive etc.: say which dataset and where
             raise DataError(f"preparing {name} from manual_dir {manual_dir!r} failed: {type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''}; check the archives") from e
+                            f"{first_line(e, None)}; check the archives") from e
         return
     if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
         raise DataError(
