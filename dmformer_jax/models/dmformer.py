@@ -9,6 +9,7 @@ so a classifier's backbone loads into them by path (`dmformer_jax.models.pretrai
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -78,25 +79,9 @@ class DMFormer(nn.Module):
           when ``num_classes == 0``), or with ``features_only`` a dict
           ``{'stage_i': (B, H/s_i, W/s_i, widths[i])}`` for strides 4, 8, 16, 32.
         """
-        backbone = Backbone(
-            depths=self.depths,
-            widths=self.widths,
-            drop_path_rate=self.drop_path_rate,
-            layer_scale_init=self.layer_scale_init,
-            mlp_ratio=self.mlp_ratio,
-            stem_hidden_width=self.stem_hidden_width,
-            expand_ratio=self.expand_ratio,
-            kernel_sizes=self.kernel_sizes,
-            dilations=self.dilations,
-            fusion=self.fusion,
-            gate_reduction=self.gate_reduction,
-            inner_residual=self.inner_residual,
-            depthwise_impl=self.depthwise_impl,
-            conv_impl=self.conv_impl,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="backbone",
-        )
+        # Every field but num_classes is the backbone's, passed through by name.
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(Backbone) if f.name in _BACKBONE_FIELDS}
+        backbone = Backbone(**shared, name="backbone")
         features = backbone(images, train=train)
         if features_only:
             return features
@@ -106,3 +91,8 @@ class DMFormer(nn.Module):
     def features(self, images: Array, train: bool = False) -> dict[str, Array]:
         """The four stage maps (strides 4, 8, 16, 32); see ``__call__``."""
         return self(images, train=train, features_only=True)
+
+
+# The classifier's fields that configure its backbone (all but num_classes; the
+# backbone's out_norms stays off for classification).
+_BACKBONE_FIELDS = frozenset(f.name for f in dataclasses.fields(DMFormer)) - {"parent", "name", "num_classes"}
