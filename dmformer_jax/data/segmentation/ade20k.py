@@ -58,6 +58,11 @@ CLASS_NAMES = (
 assert len(CLASS_NAMES) == NUM_CLASSES
 
 
+def missing_archive_message(manual_dir: str) -> str:
+    return (f"{ARCHIVE} is not in manual_dir {manual_dir!r}; download it from "
+            f"http://data.csail.mit.edu/places/ADEchallenge/{ARCHIVE} and put it there (not extracted)")
+
+
 def _mask_png(data: bytes, name: str, image_size: tuple[int, int]) -> bytes:
     """The mask as 8-bit grey PNG bytes, checked against the image's (width, height)."""
     from PIL import Image
@@ -86,6 +91,7 @@ class Ade20k(tfds.core.GeneratorBasedBuilder):
     (the MIT Scene Parsing benchmark, http://sceneparsing.csail.mit.edu/) and put it,
     unextracted, in manual_dir (--config.data.manual_dir).
     """
+    MANUAL_ARCHIVES = (ARCHIVE,)  # checked before TFDS runs (it rejects an empty manual_dir first)
     # What the segmentation pipeline reads (see dmformer_jax.data.segmentation).
     NUM_CLASSES = NUM_CLASSES
     CLASS_NAMES = CLASS_NAMES
@@ -109,8 +115,7 @@ class Ade20k(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         path = os.path.join(str(dl_manager.manual_dir), ARCHIVE)
         if not os.path.isfile(path):
-            raise DataError(f"{ARCHIVE} is not in manual_dir {str(dl_manager.manual_dir)!r}; download it from "
-                            f"http://data.csail.mit.edu/places/ADEchallenge/{ARCHIVE} and put it there")
+            raise DataError(missing_archive_message(str(dl_manager.manual_dir)))
         return {split: self._generate_examples(path, folder) for split, folder in SPLITS.items()}
 
     def _generate_examples(self, path: str, folder: str):

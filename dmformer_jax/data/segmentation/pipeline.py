@@ -37,6 +37,7 @@ from dmformer_jax.data import pipeline as cls_pipeline
 from dmformer_jax.data.pipeline import DECODE_ERRORS, transfer_dtype
 from dmformer_jax.data.segmentation import transforms as T
 from dmformer_jax.data.segmentation.ade20k import ARCHIVE as ADE_ARCHIVE
+from dmformer_jax.data.segmentation.ade20k import missing_archive_message
 from dmformer_jax.errors import DataError
 from dmformer_jax.paths import is_url, resolve_optional
 
@@ -160,6 +161,10 @@ def _prepare(builder, config) -> None:
     if not tf.io.gfile.isdir(manual_dir):
         raise DataError(f"data.manual_dir {manual_dir!r} does not exist; point --config.data.manual_dir at the "
                         f"folder with {ADE_ARCHIVE if name == 'ade20k' else 'the archives'}")
+    for archive in getattr(builder, "MANUAL_ARCHIVES", ()):
+        if not tf.io.gfile.exists(os.path.join(manual_dir, archive)):
+            raise DataError(missing_archive_message(manual_dir) if archive == ADE_ARCHIVE else
+                            f"{archive} is not in manual_dir {manual_dir!r}; put it there")
     try:
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     except DataError:

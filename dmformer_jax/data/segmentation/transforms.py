@@ -102,8 +102,8 @@ def crop_window(label: tf.Tensor, seed: tf.Tensor, size: int, cat_max_ratio: flo
             o = offsets[i]
             return _class_share_ok(label[o[0]:o[0] + ch, o[1]:o[1] + cw], cat_max_ratio)
 
-        i = tf.while_loop(lambda i: (i < tries) & ~crop_ok(tf.minimum(i, tries - 1)), lambda i: i + 1,
-                          [tf.constant(0)])[0]
+        i = tf.while_loop(lambda i: (i < tries) & ~crop_ok(tf.minimum(i, tries - 1)), lambda i: (i + 1,),
+                          (tf.constant(0),))[0]
     else:
         i = tf.constant(0)
     return tf.stack([offsets[i, 0], offsets[i, 1], ch, cw])
