@@ -434,3 +434,17 @@ def test_data_and_metrics_import_nothing_from_models_train_api_tasks_checkpoint(
                 parts = name.split(".")
                 bad = banned | ({"data"} if "metrics" in str(path) else set())
                 assert not (parts[0] == "dmformer_jax" and len(parts) > 1 and parts[1] in bad), (path, name)
+
+
+def test_rescale_size_caps_the_long_side_like_mmcv():
+    cases = {(375, 500): (512, 683), (100, 1000): (205, 2048), (1000, 300): (1707, 512), (512, 512): (512, 512)}
+    for (h, w), want in cases.items():
+        assert T.rescale_size_py(h, w, (2048, 512)) == want
+        assert tuple(T.rescale_size(h, w, (2048.0, 512.0)).numpy()) == want
+    # random rescale: r in the ratio range, the target scale (int(2048 r), int(512 r))
+    image, label = tf.zeros([30, 300, 3]), tf.zeros([30, 300], tf.int32)
+    for k in range(5):
+        out, lab = T.random_rescale(image, label, tf.constant([k, 0], tf.int64), (2048, 512), (0.5, 2.0))
+        h, w = lab.shape
+        assert out.shape[:2] == lab.shape and w == max(h, w)
+        assert 1024 <= w <= 4096 and abs(w / h - 10) < 0.5  # long side binds: 2048 r
