@@ -448,3 +448,44 @@ def test_rescale_size_caps_the_long_side_like_mmcv():
         h, w = lab.shape
         assert out.shape[:2] == lab.shape and w == max(h, w)
         assert 1024 <= w <= 4096 and abs(w / h - 10) < 0.5  # long side binds: 2048 r
+
+
+def _mmseg_photometric_np(image, p):
+    """mmseg's PhotoMetricDistortion on given draws, in NumPy (HSV by matplotlib)."""
+    from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
+
+    def convert(x, alpha=1.0, beta=0.0):
+        return np.clip(x.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8).astype(np.float32)
+
+    x = image.astype(np.float32)
+    if p["brightness"]:
+        x = convert(x, beta=p["beta"])
+    if p["contrast_first"] and p["contrast"]:
+        x = convert(x, alpha=p["contrast_alpha"])
+    if p["saturation"]:
+        hsv = rgb_to_hsv(x / 255.0)
+        hsv[..., 1] = np.clip(hsv[..., 1] * p["saturation_alpha"], 0, 1)
+        x = np.clip(np.round(hsv_to_rgb(hsv) * 255), 0, 255)
+    if p["hue"]:
+        hsv = rgb_to_hsv(x / 255.0)
+        hsv[..., 0] = (hsv[..., 0] * 180 + p["hue_shift"]) % 180 / 180
+        x = np.clip(np.round(hsv_to_rgb(hsv) * 255), 0, 255)
+    if not p["contrast_first"] and p["contrast"]:
+        x = convert(x, alpha=p["contrast_alpha"])
+    return x
+
+
+def test_photometric_distortion_matches_a_numpy_transcription_of_mmseg():
+    image = np.random.default_rng(0).integers(0, 256, (9, 11, 3)).astype(np.float32)
+    steps = np.zeros(5)
+    for k in range(24):
+        seed = tf.constant([k, 3], tf.int64)
+        p = {key: v.numpy() for key, v in T.sample_photometric(seed).items()}
+        assert -32 <= p["beta"] <= 32 and 0.5 <= p["contrast_alpha"] <= 1.5 and -18 <= p["hue_shift"] < 18
+        steps += [p["brightness"], p["contrast"], p["saturation"], p["hue"], p["contrast_first"]]
+        out = T.photometric_distortion(tf.constant(image), seed).numpy()
+        want = _mmseg_photometric_np(image, p)
+        assert np.abs(out - want).max() <= 2.0, (k, p)  # float HSV round trips: a level, x contrast
+        assert np.mean(out != want) < 0.1
+        np.testing.assert_array_equal(out, T.photometric_distortion(tf.constant(image), seed).numpy())
+    assert np.all((steps >= 5) & (steps <= 19)), steps  # each step about half the time

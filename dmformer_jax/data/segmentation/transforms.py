@@ -125,49 +125,67 @@ def _convert(image: tf.Tensor, alpha=1.0, beta=0.0) -> tf.Tensor:
     return tf.floor(tf.clip_by_value(image * alpha + beta, 0.0, 255.0))
 
 
-def photometric_distortion(image: tf.Tensor, seed: tf.Tensor, brightness_delta: float = 32.0,
-                           contrast_range: Sequence[float] = (0.5, 1.5),
-                           saturation_range: Sequence[float] = (0.5, 1.5), hue_delta: int = 18) -> tf.Tensor:
-    """mmseg `PhotoMetricDistortion`, each step with probability 0.5, in its order:
-    brightness (+ U(-delta, delta)); contrast (x U(range), a plain multiply as in mmseg)
-    either second or last (a coin); saturation (HSV S x U(range)); hue (H + an integer
-    in [-hue_delta, hue_delta) in OpenCV's 0..180 units, i.e. x 2 degrees).
-
-    HSV steps use TF's float HSV and round back to 0..255 (mmseg's OpenCV uint8 HSV
-    rounds H to 2 degrees and S to 1/255 on the way: differences of a level or two).
-    """
-    s = aug.split_seed(seed, 10)
+def sample_photometric(seed: tf.Tensor, brightness_delta: float = 32.0,
+                       contrast_range: Sequence[float] = (0.5, 1.5),
+                       saturation_range: Sequence[float] = (0.5, 1.5), hue_delta: int = 18) -> dict:
+    """The random draws of `photometric_distortion` from ``seed``: a coin per step
+    (bool), beta ~ U(-brightness_delta, brightness_delta), contrast and saturation
+    factors ~ U(range), hue shift ~ an integer in [-hue_delta, hue_delta) (np.random.randint's
+    range, as mmseg), and whether contrast comes second (else last)."""
+    s = aug.split_seed(seed, 9)
     coin = lambda i: tf.random.stateless_uniform([], s[i]) < 0.5  # noqa: E731
-    uniform = lambda i, lo, hi: tf.random.stateless_uniform([], s[i], lo, hi)  # noqa: E731
+    uniform = lambda i, lo, hi: tf.random.stateless_uniform([], s[i], float(lo), float(hi))  # noqa: E731
+    return {
+        "brightness": coin(0), "beta": uniform(1, -brightness_delta, brightness_delta),
+        "contrast_first": coin(2),
+        "contrast": coin(3), "contrast_alpha": uniform(4, *contrast_range),
+        "saturation": coin(5), "saturation_alpha": uniform(6, *saturation_range),
+        "hue": coin(7),
+        "hue_shift": tf.random.stateless_uniform([], s[8], -int(hue_delta), int(hue_delta), dtype=tf.int32),
+    }
+
+
+def apply_photometric(image: tf.Tensor, p: dict) -> tf.Tensor:
+    """mmseg `PhotoMetricDistortion` with the draws ``p`` (`sample_photometric`), in its
+    order: brightness (x + beta); contrast (x * alpha, a plain multiply as in mmseg)
+    second if contrast_first; saturation (HSV S * alpha, clipped); hue (H + shift in
+    OpenCV's 0..180 units, i.e. 2 degrees each, modulo 360 degrees); contrast last
+    otherwise. Brightness and contrast clip to 0..255 and truncate to whole levels
+    (mmseg's convert); HSV steps use TF's float HSV and round back to 0..255 (mmseg's
+    OpenCV uint8 HSV rounds H to 2 degrees and S to 1/255 on the way: a level or two).
+    """
     image = tf.cast(image, tf.float32)
 
-    def maybe(i, fn, x):
-        return tf.cond(coin(i), lambda: fn(x), lambda: x)
+    def maybe(flag, fn, x):
+        return tf.cond(flag, lambda: fn(x), lambda: x)
 
-    beta = uniform(1, -brightness_delta, brightness_delta)
-    image = maybe(0, lambda x: _convert(x, beta=beta), image)
-    contrast_alpha = uniform(3, float(contrast_range[0]), float(contrast_range[1]))
-    contrast = lambda x: _convert(x, alpha=contrast_alpha)  # noqa: E731
-    contrast_first = coin(2)
-    image = tf.cond(contrast_first, lambda: maybe(4, contrast, image), lambda: image)
-    sat_alpha = uniform(6, float(saturation_range[0]), float(saturation_range[1]))
+    def contrast(x):
+        return _convert(x, alpha=p["contrast_alpha"])
 
     def saturation(x):
         hsv = tf.image.rgb_to_hsv(x / 255.0)
-        hsv = tf.concat([hsv[..., :1], tf.clip_by_value(hsv[..., 1:2] * sat_alpha, 0.0, 1.0), hsv[..., 2:]], -1)
-        return aug.to_uint8_range(tf.image.hsv_to_rgb(hsv) * 255.0)
-
-    image = maybe(5, saturation, image)
-    shift = tf.cast(tf.random.stateless_uniform([], s[8], -hue_delta, hue_delta, dtype=tf.int32), tf.float32)
+        sat = tf.clip_by_value(hsv[..., 1:2] * p["saturation_alpha"], 0.0, 1.0)
+        return aug.to_uint8_range(tf.image.hsv_to_rgb(tf.concat([hsv[..., :1], sat, hsv[..., 2:]], -1)) * 255.0)
 
     def hue(x):
         hsv = tf.image.rgb_to_hsv(x / 255.0)
-        h = tf.math.floormod(hsv[..., :1] + shift / 180.0, 1.0)
+        h = tf.math.floormod(hsv[..., :1] + tf.cast(p["hue_shift"], tf.float32) / 180.0, 1.0)
         return aug.to_uint8_range(tf.image.hsv_to_rgb(tf.concat([h, hsv[..., 1:]], -1)) * 255.0)
 
-    image = maybe(7, hue, image)
-    image = tf.cond(contrast_first, lambda: image, lambda: maybe(4, contrast, image))
+    image = maybe(p["brightness"], lambda x: _convert(x, beta=p["beta"]), image)
+    image = maybe(p["contrast_first"] & p["contrast"], contrast, image)
+    image = maybe(p["saturation"], saturation, image)
+    image = maybe(p["hue"], hue, image)
+    image = maybe(~p["contrast_first"] & p["contrast"], contrast, image)
     return image
+
+
+def photometric_distortion(image: tf.Tensor, seed: tf.Tensor, brightness_delta: float = 32.0,
+                           contrast_range: Sequence[float] = (0.5, 1.5),
+                           saturation_range: Sequence[float] = (0.5, 1.5), hue_delta: int = 18) -> tf.Tensor:
+    """mmseg `PhotoMetricDistortion` (each step with probability 0.5) seeded by ``seed``."""
+    return apply_photometric(image, sample_photometric(seed, brightness_delta, contrast_range, saturation_range,
+                                                       hue_delta))
 
 
 def pad_to(image: tf.Tensor, label: tf.Tensor, height, width, image_value=0.0,
