@@ -109,3 +109,26 @@ def test_all_ignored_and_empty_totals():
     assert all(int(v.sum()) == 0 for v in counts.values())
     m = seg.AreaTotals(k).add(counts).metrics()
     assert np.isnan(m["mIoU"]) and np.isnan(m["aAcc"]) and np.all(np.isnan(m["IoU"]))
+
+
+def test_logits_at_original_size_is_torch_bilinear_of_the_valid_region_twice():
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(0)
+    k, hb, wb, stride = 5, 64, 96, 4
+    logits = rng.normal(size=(3, hb // stride, wb // stride, k)).astype(np.float32)
+    image_hw = np.array([[64, 96], [32, 96], [64, 64]], np.int32)  # valid regions of the padded input
+    label_hw = np.array([[50, 70], [23, 81], [97, 88]], np.int32)  # originals: down- and upsampling
+    out_hw = (100, 96)
+    got = np.asarray(jax.jit(seg.logits_at_original_size, static_argnums=(3, 4))(
+        logits, image_hw, label_hw, (hb, wb), out_hw))
+    assert got.shape == (3, 100, 96, k)
+    for i in range(3):
+        (ih, iw), (lh, lw) = image_hw[i], label_hw[i]
+        x = torch.from_numpy(logits[i, : ih // stride, : iw // stride]).permute(2, 0, 1)[None]
+        x = F.interpolate(x, size=(int(ih), int(iw)), mode="bilinear", align_corners=False)
+        x = F.interpolate(x, size=(int(lh), int(lw)), mode="bilinear", align_corners=False)
+        want = x[0].permute(1, 2, 0).numpy()
+        np.testing.assert_allclose(got[i, :lh, :lw], want, atol=1e-5)
+        assert np.all(got[i, lh:] == 0) and np.all(got[i, :, lw:] == 0)

@@ -131,3 +131,59 @@ def metrics_from_totals(totals: Mapping[str, np.ndarray]) -> dict:
         "IoU": iou,
         "Acc": acc,
     }
+
+
+# ------------------------------------------------------- logits at the original size
+
+
+def _interp_matrix(in_size, out_size, in_max: int, out_max: int):
+    """[out_max, in_max] matrix of PyTorch's bilinear resize (align_corners=False, no
+    antialiasing) from ``in_size`` to ``out_size`` samples (traced ints); rows from
+    out_size on and columns from in_size on are zero."""
+    import jax.numpy as jnp
+
+    in_f = jnp.asarray(in_size, jnp.float32)
+    out_f = jnp.asarray(out_size, jnp.float32)
+    i = jnp.arange(out_max, dtype=jnp.float32)
+    src = jnp.maximum((i + 0.5) * (in_f / out_f) - 0.5, 0.0)
+    i0 = jnp.minimum(jnp.floor(src).astype(jnp.int32), in_size - 1)
+    i1 = jnp.minimum(i0 + 1, in_size - 1)
+    l1 = src - i0.astype(jnp.float32)
+    cols = jnp.arange(in_max)[None, :]
+    m = (1.0 - l1)[:, None] * (cols == i0[:, None]) + l1[:, None] * (cols == i1[:, None])
+    return m * (jnp.arange(out_max) < out_size)[:, None]
+
+
+def logits_at_original_size(logits, image_hw, label_hw, input_hw, out_hw):
+    """mmseg's whole-image test on padded, bucketed batches (jittable).
+
+    logits: [B, h, w, K] for a padded input batch of static size ``input_hw`` = (Hb, Wb)
+      (any output stride: Hb / h);
+    image_hw: int [B, 2], the resized image's (h', w') at the input's top-left
+      (make_eval_iterator's 'image_hw'); label_hw: int [B, 2], the original (H, W);
+    out_hw: static (Hl, Wl) >= every (H, W) (the padded label's shape).
+
+    As mmseg: the logits of the valid region (h' h / Hb, w' w / Wb) are resized
+    bilinearly (align_corners=False, no antialiasing) to (h', w'), then to (H, W).
+    Both resizes are one matrix product per axis. Returns float32 [B, Hl, Wl, K], zero
+    outside (H, W); argmax it for the predicted class map.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    b, h, w, _ = logits.shape
+    hb, wb = input_hw
+    hl, wl = out_hw
+    image_hw = jnp.asarray(image_hw, jnp.int32)
+    label_hw = jnp.asarray(label_hw, jnp.int32)
+
+    def matrices(ihw, lhw):
+        vh, vw = ihw[0] * h // hb, ihw[1] * w // wb  # valid logits
+        mh = _interp_matrix(ihw[0], lhw[0], hb, hl) @ _interp_matrix(vh, ihw[0], h, hb)
+        mw = _interp_matrix(ihw[1], lhw[1], wb, wl) @ _interp_matrix(vw, ihw[1], w, wb)
+        return mh, mw
+
+    mh, mw = jax.vmap(matrices)(image_hw, label_hw)
+    x = logits.astype(jnp.float32)
+    x = jnp.einsum("bih,bhwk->biwk", mh, x, precision=jax.lax.Precision.HIGHEST)
+    return jnp.einsum("bjw,biwk->bijk", mw, x, precision=jax.lax.Precision.HIGHEST)
