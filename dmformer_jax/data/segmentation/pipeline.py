@@ -400,8 +400,8 @@ def plan_eval(sizes, fields: SegFields, global_batch: int) -> EvalPlan:
     ``global_batch`` (the last one padded with -1). A group's labels are padded to the
     largest original (H, W) in it, rounded up to eval_label_bucket_step: one batch
     shape per image bucket, so an evaluation compiles at most as many programs as
-    there are image buckets (ADE20K at 512 with step 128: at most 25, since the short
-    side is 512 and the long side 512..2048)."""
+    there are image buckets (ADE20K at 512 with step 128: at most 25 while no image is
+    more than 4:1 (short side 512, long side 512..2048), at most 31 in all)."""
     groups: dict = {}
     s, ls = fields.eval_bucket_step, fields.eval_label_bucket_step
     for i, (h, w) in enumerate(sizes):
