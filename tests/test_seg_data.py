@@ -371,6 +371,36 @@ def test_eval_batches_cover_every_example_once_with_original_labels(ade):
     assert sorted(seen) == sorted(stems)
 
 
+def test_eval_uint8_pads_with_the_mean_pixel(ade):
+    config, _ = ade
+    config = _config(config.data.data_dir, config.data.manual_dir)
+    config.eval_batch_size = 3
+    config.data.transfer_dtype = "uint8"
+    config.data.eval_bucket_step = 64  # buckets larger than the resized images: padding
+    mean_pixel = np.round(255 * np.array(config.data.mean))
+    padded = 0
+    for batch in seg.make_eval_iterator(config, process_index=0, process_count=1):
+        assert batch["image"].dtype == np.uint8
+        for k in np.where(batch["mask"])[0]:
+            rh, rw = batch["image_hw"][k]
+            for pad in (batch["image"][k][rh:], batch["image"][k][:, rw:]):
+                padded += pad.size
+                np.testing.assert_array_equal(pad, np.broadcast_to(mean_pixel, pad.shape))
+            assert batch["image"].shape[1] % 64 == 0 and batch["image"].shape[2] % 64 == 0
+    assert padded > 0
+
+
+def test_rgb_annotation_is_a_one_line_data_error(tmp_path):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    with zipfile.ZipFile(manual / "ADEChallengeData2016.zip", "w") as z:
+        for split in ("training", "validation"):
+            z.writestr(f"{ROOT}/images/{split}/ADE_1.jpg", _jpeg(np.zeros((20, 30, 3), np.uint8)))
+            z.writestr(f"{ROOT}/annotations/{split}/ADE_1.png", _png(np.zeros((20, 30, 3), np.uint8)))
+    with pytest.raises(DataError, match="annotation .*ADE_1.png is a RGB image, not 8-bit class indices"):
+        seg.dataset_info(_config(tmp_path / "tfds", manual))
+
+
 def test_eval_plan_buckets_shapes():
     sizes = [(375, 500), (500, 375), (512, 683), (300, 1000), (2000, 100), (480, 640)]
     fields = seg.seg_fields(_config("x", size=512))

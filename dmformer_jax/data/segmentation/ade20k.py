@@ -75,7 +75,10 @@ def _mask_png(data: bytes, name: str, image_size: tuple[int, int]) -> bytes:
             )
         if mask.format == "PNG" and mask.mode == "L":
             return data
-        array = np.asarray(mask if mask.mode in ("L", "P") else mask.convert("L"), np.uint8)
+        if mask.mode not in ("L", "P"):
+            raise DataError(f"{ARCHIVE}: annotation {name} is a {mask.mode} image, not 8-bit class indices; "
+                            "use the benchmark's ADEChallengeData2016 annotations")
+        array = np.asarray(mask, np.uint8)
     out = io.BytesIO()
     Image.fromarray(array, "L").save(out, format="PNG")
     return out.getvalue()
