@@ -35,6 +35,7 @@ from absl import logging
 from dmformer_jax.data import augment as aug
 from dmformer_jax.data import pipeline as cls_pipeline
 from dmformer_jax.data.pipeline import DECODE_ERRORS, transfer_dtype
+from dmformer_jax.data.segmentation import shapes  # noqa: F401  (registers 'dmformer_seg_shapes')
 from dmformer_jax.data.segmentation import transforms as T
 from dmformer_jax.data.segmentation.ade20k import ARCHIVE as ADE_ARCHIVE
 from dmformer_jax.data.segmentation.ade20k import missing_archive_message
@@ -181,8 +182,6 @@ def _prepare(builder, config) -> None:
 
 def get_builder(config) -> tfds.core.DatasetBuilder:
     """The prepared TFDS builder of ``config.data.name`` (a segmentation dataset)."""
-    from dmformer_jax.data import segmentation  # noqa: F401  (registers the builders)
-
     name = config.data.name
     data_dir = resolve_optional(config.data.data_dir)
     if data_dir and not is_url(data_dir) and not os.path.isdir(data_dir):
