@@ -14,9 +14,13 @@ ROOT = Path(__file__).resolve().parents[1] / "dmformer_jax"
 # package -> packages it must never import (docs/architecture.md, "Layering").
 FORBIDDEN = {
     "dmformer_jax.models": ("dmformer_jax.train", "dmformer_jax.data", "dmformer_jax.tasks",
-                            "dmformer_jax.checkpoint", "dmformer_jax.api"),
+                            "dmformer_jax.checkpoint", "dmformer_jax.api", "dmformer_jax.metrics"),
     "dmformer_jax.data": ("dmformer_jax.models", "dmformer_jax.train", "dmformer_jax.tasks",
-                          "dmformer_jax.checkpoint", "dmformer_jax.api"),
+                          "dmformer_jax.checkpoint", "dmformer_jax.api", "dmformer_jax.metrics"),
+    "dmformer_jax.metrics": ("dmformer_jax.models", "dmformer_jax.train", "dmformer_jax.data",
+                             "dmformer_jax.tasks", "dmformer_jax.checkpoint", "dmformer_jax.api"),
+    "dmformer_jax.checkpoint": ("dmformer_jax.train", "dmformer_jax.data", "dmformer_jax.tasks",
+                                "dmformer_jax.api"),
 }
 
 
