@@ -20,6 +20,7 @@ from dmformer_jax.data import pipeline
 from dmformer_jax.data.pipeline import transfer_dtype  # noqa: F401  (part of this API)
 from dmformer_jax.errors import DataError
 from dmformer_jax.paths import is_url, resolve_optional
+from dmformer_jax.tasks import get_task
 
 # Datasets this package can build by itself, offline, on first use.
 _SELF_BUILT = ("dmformer_digits",)
@@ -121,8 +122,11 @@ def get_builder(config) -> tfds.core.DatasetBuilder:
         except (KeyError, ValueError, AssertionError) as e:
             raise DataError(f"data.{field} {split!r} is not a split of {name} (available: "
                             f"{', '.join(builder.info.splits.keys())}); fix --config.data.{field}") from e
-    if "label" not in builder.info.features or "image" not in builder.info.features:
-        raise DataError(f"dataset {name!r} has no 'image'/'label' features; use an image classification dataset")
+    task = get_task(config)
+    missing = [f for f in task.dataset_features if f not in builder.info.features]
+    if missing:
+        raise DataError(f"dataset {name!r} has no {', '.join(repr(f) for f in missing)} feature(s), which task "
+                        f"{task.name!r} needs; use a dataset made for it")
     return builder
 
 
