@@ -138,6 +138,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.num_processes = ml_collections.FieldReference(None, field_type=int)
     config.process_id = ml_collections.FieldReference(None, field_type=int)
 
+    # --- task ----------------------------------------------------------------
+    # What is trained on the backbone: its model head, loss and metrics
+    # (dmformer_jax.tasks.TASKS; 'classification' is the only one so far).
+    config.task = "classification"
+
     # --- run control (added by the trainer) -------------------------------------
     config.eval_at_end = True  # evaluate the final parameters on the whole eval split
     config.async_checkpointing = True  # Orbax writes in a background thread

@@ -66,6 +66,8 @@ def cases(tmp_path_factory):
                        ["config.batch_size", "'abc'", "--config.batch_size="]),
         "indivisible_batch": ([*sr.TINY, "--config.batch_size=18"], None,
                               ["batch_size=18 is not divisible by the 4 devices", "--config.batch_size=20"]),
+        "unknown_task": ([*sr.TINY, "--config.task=segmentaton"], None,
+                         ["config.task='segmentaton' is not a task", "['classification']"]),
         "unknown_dataset": ([*sr.TINY, "--config.data.name=imagenet2013", f"--config.data.data_dir={empty}"], None,
                             ["unknown TFDS dataset 'imagenet2013'", "--config.data.name"]),
         "dataset_not_prepared": ([*sr.TINY, *imagenet, f"--config.data.data_dir={empty}"], None,
@@ -100,7 +102,7 @@ def cases(tmp_path_factory):
 
 
 NAMES = [
-    "unknown_key", "wrong_type", "indivisible_batch", "unknown_dataset", "dataset_not_prepared",
+    "unknown_key", "wrong_type", "indivisible_batch", "unknown_task", "unknown_dataset", "dataset_not_prepared",
     "missing_data_dir", "manual_dir_without_tars", "missing_config_file", "checkpoint_of_another_variant",
     "init_from_num_classes_mismatch",
 ]

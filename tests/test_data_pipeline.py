@@ -13,6 +13,7 @@ from PIL import Image
 import dmformer_jax.data as data
 from configs.common import IMAGENET_MEAN, IMAGENET_STD, get_base_config
 from dmformer_jax.errors import DataError
+from tiny_configs import digits_config
 
 
 @pytest.fixture(scope="module")
@@ -23,17 +24,10 @@ def digits_dir(tmp_path_factory):
 
 
 def _config(data_dir, **augment):
-    config = get_base_config()
-    config.model.name = "dmformer_tiny_test"
-    config.data.name = "dmformer_digits"
-    config.data.data_dir = data_dir
-    config.data.image_size = 32
-    config.data.shuffle_buffer = 512
-    config.batch_size = 8
-    config.augment.crop_scale = (0.35, 1.0)
-    for key, value in augment.items():
-        config.augment[key] = value
-    return config
+    return digits_config(data_dir, **{
+        "data.shuffle_buffer": 512, "augment.crop_scale": (0.35, 1.0),
+        **{f"augment.{k}": v for k, v in augment.items()},
+    })
 
 
 def _take(iterator, n):

@@ -13,7 +13,7 @@ from PIL import Image
 import dmformer_jax.data as data
 from configs.common import get_base_config
 from dmformer_jax.data.augment import decode_image
-from dmformer_jax.data.ilsvrc_fixture import DEFAULT_SYNSETS, write_tiny_ilsvrc
+from ilsvrc_fixture import DEFAULT_SYNSETS, write_tiny_ilsvrc
 
 pytestmark = pytest.mark.slow
 

@@ -15,6 +15,8 @@ import sys
 import numpy as np
 import pytest
 
+from tiny_configs import digits_config
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -181,20 +183,11 @@ def digits_dir(tmp_path_factory):
 
 
 def _digits_config(data_dir, transfer="float32", **augment):
-    from configs.common import get_base_config
-
-    config = get_base_config()
-    config.model.name = "dmformer_tiny_test"
-    config.data.name = "dmformer_digits"
-    config.data.data_dir = data_dir
-    config.data.image_size = 32
-    config.data.shuffle_buffer = 64
-    config.data.transfer_dtype = transfer
-    config.batch_size = 8
-    config.eval_batch_size = 64  # 300 eval images: the last batch is padded
-    for key, value in augment.items():
-        config.augment[key] = value
-    return config
+    return digits_config(data_dir, **{
+        "eval_batch_size": 64,  # 300 eval images: the last batch is padded
+        "data.shuffle_buffer": 64, "data.transfer_dtype": transfer,
+        **{f"augment.{k}": v for k, v in augment.items()},
+    })
 
 
 def test_uint8_transfer_equals_host_normalisation(digits_dir):

@@ -151,7 +151,7 @@ def test_corrupt_newest_checkpoints_fall_back_to_newest_readable(env, uninterrup
 
 
 def test_undecodable_images_are_skipped_counted_and_logged(env, tmp_path):
-    from dmformer_jax.data.ilsvrc_fixture import write_tiny_ilsvrc
+    from ilsvrc_fixture import write_tiny_ilsvrc
 
     written = write_tiny_ilsvrc(tmp_path / "manual", images_per_class=3, val_images=4, size=40, garbled=2)
     (tmp_path / "tfds").mkdir()  # TFDS prepares imagenet2012 from the tars into it

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from dmformer_jax.data.ilsvrc_fixture import write_tiny_ilsvrc
+from ilsvrc_fixture import write_tiny_ilsvrc
 
 pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

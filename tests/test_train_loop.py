@@ -11,6 +11,7 @@ import pytest
 
 import train_synthetic as syn
 from dmformer_jax import checkpoint as ckpt
+from dmformer_jax.tasks import get_task
 from dmformer_jax.train import loop
 
 pytestmark = pytest.mark.slow
@@ -59,7 +60,7 @@ def test_eval_counts_every_example_once(tmp_path):
     assert result.step == 2 and result.eval_metrics["num_examples"] == syn.NUM_EVAL  # 50 of 64 slots
 
     # Independent count: predictions of the restored params on the 50 real images.
-    s = loop._setup(config, syn.NUM_CLASSES, syn.NUM_TRAIN)
+    s = loop._setup(config, get_task(config), syn.dataset_info(config))
     mngr = ckpt.make_manager(str(tmp_path), create=False)
     state, _ = ckpt.restore(mngr, 2, s.abstract_state)
     mngr.close()

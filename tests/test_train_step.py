@@ -16,11 +16,13 @@ import numpy as np
 import optax
 import pytest
 
+from dmformer_jax.tasks import ClassificationTask
 from dmformer_jax.train import mesh as mesh_lib
 from dmformer_jax.train import state as state_lib
 from dmformer_jax.train import step as step_lib
 
 K, B = 7, 8  # classes (more than 5: top-5 is not trivially 100%), batch
+TASK = ClassificationTask()
 
 
 class Linear(nn.Module):
@@ -70,7 +72,7 @@ def _wb(params):
 
 def _jit_step(tx, accum, ema_decay):
     return jax.jit(lambda s, b: step_lib._train_step(
-        s, b, model=Linear(), tx=tx, schedule=optax.constant_schedule(0.1),
+        s, b, task=TASK, model=Linear(), tx=tx, schedule=optax.constant_schedule(0.1),
         grad_accum_steps=accum, ema_decay=ema_decay))
 
 
@@ -104,7 +106,7 @@ def test_train_step_top1_and_lr_metrics():
     tx = optax.MultiSteps(optax.sgd(0.0), 2)
     schedule = lambda count: 0.1 * (count + 1.0)  # noqa: E731
     step = jax.jit(lambda s, b: step_lib._train_step(
-        s, b, model=Linear(), tx=tx, schedule=schedule, grad_accum_steps=2, ema_decay=None))
+        s, b, task=TASK, model=Linear(), tx=tx, schedule=schedule, grad_accum_steps=2, ema_decay=None))
     state = _state(tx, ema=False)
     w, b = _wb(state.params)
     tops = []
@@ -141,7 +143,7 @@ def test_train_step_updates_batch_norm_statistics_in_train_mode():
     )
     batch = _batch(5)
     new_state, metrics = jax.jit(lambda s, b: step_lib._train_step(
-        s, b, model=model, tx=tx, schedule=optax.constant_schedule(0.1), grad_accum_steps=1, ema_decay=None,
+        s, b, task=TASK, model=model, tx=tx, schedule=optax.constant_schedule(0.1), grad_accum_steps=1, ema_decay=None,
     ))(state, batch)
     x = batch["image"].reshape(B, -1).astype(np.float64)
     # Flax: running = momentum * running + (1 - momentum) * batch statistic (biased variance)
@@ -192,7 +194,7 @@ def test_eval_step_reports_the_ema_parameters_when_ema_is_on(use_ema):
     state = _eval_state(ema=True)
     sharding = jax.tree.map(lambda _: mesh_lib.replicated(mesh), state)
     state = jax.device_put(state, sharding)
-    eval_step = step_lib.make_eval_step(Linear(), mesh, sharding, use_ema=use_ema)
+    eval_step = step_lib.make_eval_step(TASK, Linear(), mesh, sharding, use_ema=use_ema)
     rng = np.random.default_rng(7)
     n = 2 * jax.device_count()
     x = rng.normal(size=(n, 2, 2, 3)).astype(np.float32)
@@ -236,7 +238,7 @@ def test_eval_step_uses_running_statistics_in_inference_mode():
     )
     sharding = jax.tree.map(lambda _: mesh_lib.replicated(mesh), state)
     state = jax.device_put(state, sharding)
-    eval_step = step_lib.make_eval_step(model, mesh, sharding, use_ema=False)
+    eval_step = step_lib.make_eval_step(TASK, model, mesh, sharding, use_ema=False)
     n = 2 * jax.device_count()
     x = rng.normal(size=(n, 2, 2, 3)).astype(np.float32)
     labels = rng.integers(0, K, n).astype(np.int32)

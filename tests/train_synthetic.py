@@ -63,26 +63,19 @@ def make_eval_iterator(config, *, process_index, process_count):
 
 
 def tiny_config(**overrides):
-    """The base config shrunk to a few-second CPU run on the synthetic data."""
-    from configs.common import get_base_config
+    """The base config shrunk to a few-second CPU run on the synthetic data
+    (``overrides``: dotted keys, as in `tiny_configs.tiny_config`)."""
+    from tiny_configs import tiny_config as base
 
-    config = get_base_config()
-    config.model.name = "dmformer_tiny_test"
-    config.data.name = "synthetic"
-    config.data.image_size = 32
-    config.batch_size = 16
-    config.eval_batch_size = 16
-    config.num_train_steps = 6
-    config.optim.base_lr = 0.05
-    config.optim.warmup_epochs = 0.0
-    config.log_every_steps = 2
-    config.checkpoint_every_steps = 3
-    config.eval_every_steps = 1000
-    config.async_checkpointing = False
-    for key, value in overrides.items():
-        target = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
-    return config
+    return base("synthetic", **{
+        "batch_size": 16,
+        "eval_batch_size": 16,
+        "num_train_steps": 6,
+        "optim.base_lr": 0.05,
+        "optim.warmup_epochs": 0.0,
+        "log_every_steps": 2,
+        "checkpoint_every_steps": 3,
+        "eval_every_steps": 1000,
+        "async_checkpointing": False,
+        **overrides,
+    })

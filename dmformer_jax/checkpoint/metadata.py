@@ -37,7 +37,8 @@ DEFAULT_TASK = "classification"
 
 
 def architecture_of(model: DMFormer) -> dict[str, Any]:
-    """The `DMFormer` fields of ``model`` as JSON-friendly values (dtypes by name)."""
+    """The fields of ``model`` (a `DMFormer`, or any task's Flax module) as JSON-friendly
+    values (dtypes by name)."""
     arch: dict[str, Any] = {}
     for field in dataclasses.fields(model):
         if field.name in ("parent", "name"):
@@ -48,13 +49,16 @@ def architecture_of(model: DMFormer) -> dict[str, Any]:
         elif isinstance(value, (tuple, list)):
             value = [int(v) for v in value]
         arch[field.name] = value
-    # Resolved (not None), so the record rebuilds the same stem whatever the default rule.
-    arch["stem_hidden_width"] = stem_hidden_width(arch["widths"], arch["stem_hidden_width"])
+    if "widths" in arch and "stem_hidden_width" in arch:
+        # Resolved (not None), so the record rebuilds the same stem whatever the default rule.
+        arch["stem_hidden_width"] = stem_hidden_width(arch["widths"], arch["stem_hidden_width"])
     return arch
 
 
 def variant_name(arch: Mapping[str, Any]) -> str | None:
     """The registered variant with ``arch``'s depths and widths, if any (informational)."""
+    if "depths" not in arch or "widths" not in arch:
+        return None
     for name, variant in VARIANTS.items():
         if list(variant.depths) == list(arch["depths"]) and list(variant.widths) == list(arch["widths"]):
             return name
@@ -103,7 +107,7 @@ def record(
         "task": task,
         "variant": variant_name(arch),
         "architecture": arch,
-        "num_classes": int(model.num_classes),
+        "num_classes": int(getattr(model, "num_classes", 0) or 0),
         "dataset": dataset,
         "image_size": int(image_size),
         "eval_image_size": int(eval_image_size or image_size),

@@ -37,6 +37,9 @@ class DatasetInfo:
     num_eval_examples: int
 
 
+# What this (classification) data module reads from a TFDS dataset.
+FEATURES = ("image", "label")
+
 def _data_dir(config) -> str | None:
     return resolve_optional(config.data.data_dir)
 
@@ -122,8 +125,10 @@ def get_builder(config) -> tfds.core.DatasetBuilder:
         except (KeyError, ValueError, AssertionError) as e:
             raise DataError(f"data.{field} {split!r} is not a split of {name} (available: "
                             f"{', '.join(builder.info.splits.keys())}); fix --config.data.{field}") from e
-    if "label" not in builder.info.features or "image" not in builder.info.features:
-        raise DataError(f"dataset {name!r} has no 'image'/'label' features; use an image classification dataset")
+    missing = [f for f in FEATURES if f not in builder.info.features]
+    if missing:
+        raise DataError(f"dataset {name!r} has no {', '.join(repr(f) for f in missing)} feature(s), which image "
+                        "classification needs; use a classification dataset (or the data module of your task)")
     return builder
 
 
@@ -152,7 +157,8 @@ def num_shards(config, process_count: int) -> int:
         raise DataError(f"data.num_shards={shards} does not divide by the {process_count} processes; set "
                         f"--config.data.num_shards to a multiple of {process_count}")
     if config.batch_size % shards:
-        raise DataError(f"batch_size={config.batch_size} does not divide by data.num_shards={shards}; use a "
+        by = f"the {process_count} processes" if shards == process_count else f"data.num_shards={shards}"
+        raise DataError(f"batch_size={config.batch_size} does not divide by {by}; use a "
                         f"batch_size that is a multiple of {shards}")
     return shards
 

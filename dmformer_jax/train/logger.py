@@ -13,7 +13,7 @@ import queue
 import sys
 import threading
 import time
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import jax
 
@@ -52,13 +52,29 @@ def format_eta(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(max(seconds, 0))))
 
 
-def progress_line(step: int, total: int, metrics: Mapping[str, float], img_per_sec: float, eta_s: float) -> str:
-    """``step 120/600 (20%) | loss 1.234 | top1 56.3% | lr 1.2e-03 | grad_norm 0.87 | 812 img/s | ETA 0:03:21``."""
-    return (
-        f"step {step}/{total} ({100 * step / max(total, 1):.0f}%) | loss {metrics['loss']:.4f} | "
-        f"top1 {100 * metrics['top1']:.1f}% | lr {metrics['lr']:.2e} | grad_norm {metrics['grad_norm']:.3g} | "
-        f"{img_per_sec:,.0f} img/s | ETA {format_eta(eta_s)}"
-    )
+def progress_line(
+    step: int,
+    total: int,
+    metrics: Mapping[str, float],
+    img_per_sec: float,
+    eta_s: float,
+    task_fields: Sequence[str] = (),
+) -> str:
+    """``step 120/600 (20%) | loss 1.234 | top1 56.3% | lr 1.2e-03 | grad_norm 0.87 | 812 img/s | ETA 0:03:21``.
+
+    ``metrics`` holds ``loss``, ``lr`` and ``grad_norm``; ``task_fields`` (here
+    ``['top1 56.3%']``, from `dmformer_jax.tasks.Task.progress_fields`) go after the loss.
+    """
+    fields = [
+        f"step {step}/{total} ({100 * step / max(total, 1):.0f}%)",
+        f"loss {metrics['loss']:.4f}",
+        *task_fields,
+        f"lr {metrics['lr']:.2e}",
+        f"grad_norm {metrics['grad_norm']:.3g}",
+        f"{img_per_sec:,.0f} img/s",
+        f"ETA {format_eta(eta_s)}",
+    ]
+    return " | ".join(fields)
 
 
 def _next_part(parts_dir: str, tf) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-import os
 import signal
 import threading
 import time
@@ -26,11 +25,12 @@ from dmformer_jax import checkpoint as ckpt
 from dmformer_jax import recipe
 from dmformer_jax.errors import CheckpointError, ConfigError
 from dmformer_jax.paths import resolve
+from dmformer_jax.tasks import Task, get_task, task_name
 from dmformer_jax.train import mesh as mesh_lib
 from dmformer_jax.train import optim
 from dmformer_jax.train import state as state_lib
 from dmformer_jax.train import step as step_lib
-from dmformer_jax.train.logger import MetricsWriter, format_eta, log, log_all_processes, progress_line
+from dmformer_jax.train.logger import MetricsWriter, log, log_all_processes, progress_line
 
 # 128 + SIGTERM: what schedulers expect from a job that stopped because it was told to.
 PREEMPTED_EXIT_CODE = 143
@@ -82,6 +82,7 @@ def eval_batch_size(config: ml_collections.ConfigDict) -> int:
 
 def validate_config(config: ml_collections.ConfigDict, *, device_count: int, process_count: int) -> None:
     """Raises `ConfigError` (one line: the problem and a fix) for an unusable config."""
+    get_task(config)  # an unknown config.task
     for name, value in (("batch_size", int(config.batch_size)), ("eval_batch_size", eval_batch_size(config))):
         if value <= 0:
             raise ConfigError(f"config.{name}={value} must be positive")
@@ -154,12 +155,17 @@ def resolve_config_paths(config: ml_collections.ConfigDict) -> None:
 
 
 def checkpoint_meta(
-    config: ml_collections.ConfigDict, num_classes: int, step: int
+    config: ml_collections.ConfigDict, num_classes: int, step: int, model: Any = None
 ) -> dict[str, Any]:
-    """The metadata record (schema v2) saved with every checkpoint: rebuilds the model."""
+    """The metadata record (schema v2) saved with every checkpoint: rebuilds the model.
+
+    ``model``: the module this run trains (default: ``config.model``'s classifier with
+    ``num_classes`` outputs, in the dtype this run computes in).
+    """
     import json
 
-    model = state_lib.build_model(config, num_classes)  # with the dtype this run computes in
+    if model is None:
+        model = state_lib.build_model(config, num_classes)
     crop_pct = recipe.eval_crop_pct(config.data.crop_pct, config.model.name)
     return ckpt.metadata.record(
         model,
@@ -172,6 +178,7 @@ def checkpoint_meta(
         step=step,
         ema=config.optim.ema_decay is not None,
         config=json.loads(config.to_json_best_effort()),
+        task=task_name(config),
     )
 
 
@@ -216,27 +223,23 @@ def _pad_eval_batch(local: Mapping[str, np.ndarray], size: int) -> dict[str, np.
 
 
 def run_evaluation(
-    config: ml_collections.ConfigDict, state: Any, eval_step, mesh, data: ModuleType
+    config: ml_collections.ConfigDict, state: Any, eval_step, mesh, data: ModuleType, task: Task
 ) -> dict[str, float]:
-    """Top-1/top-5 (fractions) and loss over the whole eval split (padding masked)."""
+    """``task``'s metrics (`Task.finalize`) over the whole eval split, every example
+    once: the eval step's sums are global (all processes), added over every batch."""
     local_size = eval_batch_size(config) // jax.process_count()
     totals = None
     for local in data.make_eval_iterator(
         config, process_index=jax.process_index(), process_count=jax.process_count()
     ):
+        if totals is None:
+            task.check_batch(local, "eval")
         batch = mesh_lib.global_batch(mesh, _pad_eval_batch(local, local_size))
         sums = eval_step(state, batch)
         totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
     if totals is None:
         raise ConfigError(f"the eval split of {config.data.name!r} yielded no batches")
-    totals = jax.device_get(totals)
-    count = float(totals["count"])
-    return {
-        "top1": float(totals["top1"]) / count,
-        "top5": float(totals["top5"]) / count,
-        "loss": float(totals["loss"]) / count,
-        "num_examples": count,
-    }
+    return task.finalize(jax.device_get(totals))
 
 
 @dataclasses.dataclass
@@ -250,16 +253,17 @@ class _Setup:
     num_classes: int
 
 
-def _setup(config: ml_collections.ConfigDict, num_classes: int, num_train_examples: int) -> _Setup:
-    model = state_lib.build_model(config, num_classes)
-    plan = optim.plan_steps(config, num_train_examples)
+def _setup(config: ml_collections.ConfigDict, task: Task, info: Any) -> _Setup:
+    """Model (``task``'s), optimizer, mesh and the abstract train state for ``info``'s dataset."""
+    model = task.build_model(config, info)
+    plan = optim.plan_steps(config, info.num_train_examples)
     tx, schedule = optim.make_optimizer(config, plan)
     mesh = mesh_lib.make_mesh()
     abstract = state_lib.abstract_train_state(
         model, tx, image_size=int(config.data.image_size), seed=int(config.seed),
         use_ema=config.optim.ema_decay is not None, mesh=mesh,
     )
-    return _Setup(model, tx, schedule, plan, mesh, abstract, num_classes)
+    return _Setup(model, tx, schedule, plan, mesh, abstract, int(info.num_classes))
 
 
 def _transfer_dtype(data: ModuleType, config) -> str:
@@ -315,17 +319,12 @@ def _wait_for_all_processes(name: str, timeout_s: int = 3600) -> None:
     client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
 
 
-def _eval_batch_spec(config, mesh, data) -> dict[str, jax.ShapeDtypeStruct]:
+def _eval_batch_spec(config, mesh, data, task: Task) -> dict[str, jax.ShapeDtypeStruct]:
     """The shapes `run_evaluation` feeds the eval step (for ahead-of-time compiling)."""
-    size = int(config.data.eval_image_size or config.data.image_size)
-    batch = eval_batch_size(config)
     sharding = mesh_lib.batch_sharded(mesh)
     image = np.uint8 if _transfer_dtype(data, config) == "uint8" else np.float32
-    return {
-        "image": jax.ShapeDtypeStruct((batch, size, size, 3), image, sharding=sharding),
-        "label": jax.ShapeDtypeStruct((batch,), np.int32, sharding=sharding),
-        "mask": jax.ShapeDtypeStruct((batch,), np.bool_, sharding=sharding),
-    }
+    spec = task.eval_batch_spec(config, eval_batch_size(config), image)
+    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for k, (shape, dtype) in spec.items()}
 
 
 def _state_sharding(abstract_state: Any) -> Any:
@@ -351,14 +350,13 @@ def train_and_evaluate(
     resolve_config_paths(config)
     check_multiprocess()
     validate_config(config, device_count=jax.device_count(), process_count=jax.process_count())
+    task = get_task(config)
     log_all_processes(bool(config.get("log_all_processes", False)))
     cache = enable_compilation_cache(config)
     if cache:
         log(f"persistent compilation cache: {cache}")
     info = data.dataset_info(config)
-    s = _setup(config, info.num_classes, info.num_train_examples)
-    total = s.plan.total_steps
-    state_sharding = _state_sharding(s.abstract_state)
+    s = _setup(config, task, info)
 
     # Restore (or initialise) before the manager exists: every checkpoint or init_from
     # error is raised before anything in the workdir is created or changed.
@@ -370,7 +368,10 @@ def train_and_evaluate(
         async_checkpointing=bool(config.async_checkpointing),
     ))
     try:
-        result = _train(config, workdir, data, info, s, saver, state_sharding, total, state, start)
+        trainer = Trainer(
+            config, workdir, task=task, data=data, info=info, setup=s, saver=saver, state=state, start=start
+        )
+        result = trainer.run()
         saver.wait()  # the final save: its failure is an error, not a warning at exit
         return result
     finally:
@@ -380,7 +381,7 @@ def train_and_evaluate(
 def _restore_or_init(config, workdir: str, s: _Setup) -> tuple[Any, int]:
     """``(state, start_step)``: the newest readable checkpoint, else a fresh (or
     ``init_from``) state. Unreadable newer checkpoints are skipped with a warning."""
-    architecture = checkpoint_meta(config, s.num_classes, 0)["architecture"]
+    architecture = checkpoint_meta(config, s.num_classes, 0, s.model)["architecture"]
     restored = ckpt.restore_latest(
         workdir, s.abstract_state, architecture=architecture, log=log,
         read_attempts=int(config.get("checkpoint_read_attempts", 3)),
@@ -400,152 +401,206 @@ def _restore_or_init(config, workdir: str, s: _Setup) -> tuple[Any, int]:
     return state, 0
 
 
-def _train(config, workdir, data, info, s: _Setup, saver: ckpt.Saver, state_sharding, total, state, start) -> RunResult:
-    num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
-    log(
-        f"{config.model.name} ({num_params:,} params, {state_lib.resolve_dtype(config.model.dtype)} compute, "
-        f"{_transfer_dtype(data, config)} input) on {info.name}: "
-        f"{info.num_train_examples:,} train / {info.num_eval_examples:,} eval images, "
-        f"{info.num_classes} classes; {jax.device_count()} {jax.default_backend()} device(s), "
-        f"{jax.process_count()} process(es); global batch {config.batch_size}; "
-        f"{total} steps ({s.plan.steps_per_epoch:.1f}/epoch), peak lr {s.plan.peak_lr:.3g}"
-    )
+class Trainer:
+    """One training run: from a restored (or fresh) ``state`` at step ``start`` to
+    ``config.stop_at_step`` or the last step, with periodic logs, checkpoints and evals.
 
-    train_step = step_lib.make_train_step(
-        s.model, s.tx, s.schedule, s.mesh, state_sharding,
-        grad_accum_steps=int(config.optim.grad_accum_steps), ema_decay=config.optim.ema_decay,
-        mean=config.data.mean, std=config.data.std,
-    )
-    eval_step = step_lib.make_eval_step(
-        s.model, s.mesh, state_sharding, use_ema=config.optim.ema_decay is not None,
-        mean=config.data.mean, std=config.data.std,
-    )
-    writer = MetricsWriter(workdir, flush_secs=float(config.get("log_flush_secs", 60.0)))
-    meta = lambda step: checkpoint_meta(config, s.num_classes, step)  # noqa: E731
-    stop_at = min(total, int(config.stop_at_step)) if config.stop_at_step is not None else total
+    Task-generic: the loss, the metrics and their log fields come from ``task``
+    (`dmformer_jax.tasks.Task`). The caller owns ``saver`` (waits for and closes it).
+    """
 
-    def evaluate(step: int) -> dict[str, float]:
-        t0 = time.time()
-        metrics = run_evaluation(config, state, eval_step, s.mesh, data)
-        writer.write(step, "eval", metrics)
-        log(
-            f"eval step {step}: top1 {100 * metrics['top1']:.2f}% | top5 {100 * metrics['top5']:.2f}% | "
-            f"loss {metrics['loss']:.4f} | {int(metrics['num_examples'])} images | {time.time() - t0:.1f}s"
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        workdir: str,
+        *,
+        task: Task,
+        data: ModuleType,
+        info: Any,
+        setup: _Setup,
+        saver: ckpt.Saver,
+        state: Any,
+        start: int,
+    ):
+        self.config, self.workdir, self.task, self.data, self.info = config, workdir, task, data, info
+        self.setup, self.saver = setup, saver
+        self.state, self.start, self.step = state, int(start), int(start)
+        self.total = setup.plan.total_steps
+        stop_at_step = config.stop_at_step
+        self.stop_at = min(self.total, int(stop_at_step)) if stop_at_step is not None else self.total
+        state_sharding = _state_sharding(setup.abstract_state)
+        self.train_step = step_lib.make_train_step(
+            task, setup.model, setup.tx, setup.schedule, setup.mesh, state_sharding,
+            grad_accum_steps=int(config.optim.grad_accum_steps), ema_decay=config.optim.ema_decay,
+            mean=config.data.mean, std=config.data.std,
         )
+        self.eval_step = step_lib.make_eval_step(
+            task, setup.model, setup.mesh, state_sharding, use_ema=config.optim.ema_decay is not None,
+            mean=config.data.mean, std=config.data.std,
+        )
+        self.writer: MetricsWriter | None = None
+        self.pending: list[tuple[int, dict]] = []  # device metrics since the last check
+        # Device prefetch: the next `device_prefetch` global batches are assembled and on
+        # their way to the devices while a step runs (never more than this run consumes).
+        self._depth = max(1, int(config.get("device_prefetch", 2)))
+        self._queued: collections.deque = collections.deque()
+        self._fetched = 0
+        self._iterator: Iterator | None = None
+        # Undecodable images are dropped by the input pipeline; say how many at log steps.
+        self._decode_errors = getattr(data, "decode_error_count", lambda: 0)
+        self._reported_decode_errors = 0
+        self._t_last, self._step_last = time.time(), self.start
+
+    # --- the run -------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        """Trains to `stop_at`, evaluating and checkpointing on schedule.
+
+        Raises:
+          TrainingDivergedError: NaN/Inf loss or gradient norm.
+          Preempted: SIGTERM (or the pod's preemption notice); the step was saved.
+        """
+        config = self.config
+        self._log_start()
+        self.writer = MetricsWriter(self.workdir, flush_secs=float(config.get("log_flush_secs", 60.0)))
+        if self.start >= self.total:
+            log(f"already trained: step {self.start} >= {self.total}")
+            result = RunResult(self.start, self.evaluate(self.start) if config.eval_at_end else None)
+            self.writer.close()
+            return result
+
+        self._iterator = self.data.make_train_iterator(
+            config, start_step=self.start, process_index=jax.process_index(), process_count=jax.process_count()
+        )
+        self._prefetch()
+        self._compile()
+        # Processes can finish compiling minutes apart (a persistent-cache hit on one, a
+        # compile on another, as measured with 4 CPU processes where only process 0 hit
+        # the cache); the first step's collectives must not start until all are ready.
+        _wait_for_all_processes(f"dmformer_compiled_step_{self.start}")
+        self._t_last = time.time()
+
+        eval_metrics = None
+        with _SigtermFlag() as sigterm:
+            while self.step < self.stop_at:
+                step = self._train_one()
+                if step % config.log_every_steps == 0 or step == self.stop_at:
+                    self._log_progress(step)
+
+                self.saver.check()  # a save that failed in the background stops the run here
+                preempted = sigterm.preempted(step)
+                if preempted or step == self.stop_at or step % config.checkpoint_every_steps == 0:
+                    self._check_pending()  # never write a NaN state
+                    self.saver.save(step, self.state, checkpoint_meta(config, self.setup.num_classes, step, self.setup.model), force=True)
+                if preempted:
+                    self.saver.wait()
+                    self.writer.close()
+                    raise Preempted(step, self.workdir)
+                if step % config.eval_every_steps == 0 and step < self.total:
+                    eval_metrics = self.evaluate(step)
+
+        step = self.step
+        if step == self.total and config.eval_at_end:
+            eval_metrics = self.evaluate(step)
+        elif step < self.total:
+            log(f"stopped at step {step} (config.stop_at_step); rerun without it to continue to {self.total}")
+        self.writer.close()
+        return RunResult(step, eval_metrics, stopped_early=step < self.total)
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """The task's metrics of the current state on the whole eval split, logged and
+        written to ``metrics.jsonl`` at ``step``."""
+        t0 = time.time()
+        metrics = run_evaluation(self.config, self.state, self.eval_step, self.setup.mesh, self.data, self.task)
+        self.writer.write(step, "eval", metrics)
+        log(f"eval step {step}: {self.task.eval_summary(metrics)} | {time.time() - t0:.1f}s")
         return metrics
 
-    eval_metrics = None
-    if start >= total:
-        log(f"already trained: step {start} >= {total}")
-        result = RunResult(start, evaluate(start) if config.eval_at_end else None)
-        writer.close()
-        return result
+    # --- pieces of the run -----------------------------------------------------------
 
-    iterator: Iterator = data.make_train_iterator(
-        config, start_step=start, process_index=jax.process_index(), process_count=jax.process_count()
-    )
-    pending: list[tuple[int, dict]] = []  # device metrics since the last check
-    # Undecodable images are dropped by the input pipeline; say how many at log steps.
-    data_decode_errors = getattr(data, "decode_error_count", lambda: 0)
-    reported_decode_errors = 0
-    last_good = start  # newest step whose loss was checked finite
-    t_last, step_last = time.time(), start
+    def _log_start(self) -> None:
+        config, info, s = self.config, self.info, self.setup
+        num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(self.state.params))
+        log(
+            f"{config.model.name} ({num_params:,} params, {state_lib.resolve_dtype(config.model.dtype)} compute, "
+            f"{_transfer_dtype(self.data, config)} input) on {info.name}: "
+            f"{info.num_train_examples:,} train / {info.num_eval_examples:,} eval images, "
+            f"{info.num_classes} classes; {jax.device_count()} {jax.default_backend()} device(s), "
+            f"{jax.process_count()} process(es); global batch {config.batch_size}; "
+            f"{self.total} steps ({s.plan.steps_per_epoch:.1f}/epoch), peak lr {s.plan.peak_lr:.3g}"
+        )
 
-    def check_pending() -> dict[str, float] | None:
-        """Fetches pending metrics; raises on NaN/Inf; returns their mean."""
-        nonlocal last_good
-        if not pending:
+    def _compile(self) -> None:
+        """Compiles ahead of time the train step, and the eval step if this run
+        evaluates, so a mistake or a slow compile shows at start-up, not at the first eval."""
+        config, s = self.config, self.setup
+        self.train_step, train_s = _ahead_of_time(self.train_step, s.abstract_state, self._queued[0])
+        every = int(config.eval_every_steps)
+        next_eval = (self.start // every + 1) * every
+        evaluates = (self.stop_at == self.total and config.eval_at_end) or (
+            next_eval <= self.stop_at and next_eval < self.total
+        )
+        compiled = f"compiled the train step in {train_s:.1f}s"
+        if evaluates:
+            spec = _eval_batch_spec(config, s.mesh, self.data, self.task)
+            self.eval_step, eval_s = _ahead_of_time(self.eval_step, s.abstract_state, spec)
+            compiled += f", the eval step in {eval_s:.1f}s"
+        log(compiled)
+
+    def _train_one(self) -> int:
+        """Runs one step on the next queued batch; returns the new step number."""
+        batch = self._queued.popleft()
+        self.state, metrics = self.train_step(self.state, batch)
+        self.step += 1
+        self.pending.append((self.step, metrics))
+        if self.step == self.start + 1:
+            jax.block_until_ready(metrics)
+            log(f"first step took {time.time() - self._t_last:.1f}s")
+            self._t_last, self._step_last = time.time(), self.step
+        self._prefetch()  # assemble the next batches while the device runs this step
+        return self.step
+
+    def _prefetch(self) -> None:
+        """Queues global batches until `device_prefetch` are waiting (or the run's last)."""
+        while len(self._queued) < self._depth and self._fetched < self.stop_at - self.start:
+            local = next(self._iterator)
+            if self._fetched == 0:
+                self.task.check_batch(local, "train")
+            self._queued.append(mesh_lib.global_batch(self.setup.mesh, local))
+            self._fetched += 1
+
+    def _check_pending(self) -> dict[str, float] | None:
+        """Fetches the pending metrics; raises on NaN/Inf; returns their means."""
+        if not self.pending:
             return None
-        fetched = jax.device_get([m for _, m in pending])
-        for (step, _), m in zip(pending, fetched):
+        fetched = jax.device_get([m for _, m in self.pending])
+        for (step, _), m in zip(self.pending, fetched):
             if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
-                good = ckpt.latest_step(saver.mngr)
+                good = ckpt.latest_step(self.saver.mngr)
                 raise TrainingDivergedError(
                     f"loss is {float(m['loss'])} at step {step}; the last good checkpoint "
-                    f"(step {good}) is kept in {ckpt.checkpoint_dir(workdir)}; lower "
+                    f"(step {good}) is kept in {ckpt.checkpoint_dir(self.workdir)}; lower "
                     "config.optim.base_lr or set config.optim.grad_clip_norm, then rerun"
                 )
-        last_good = pending[-1][0]
-        pending.clear()
+        self.pending.clear()
         return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
 
-    # Device prefetch: the next `device_prefetch` global batches are assembled and on
-    # their way to the devices while a step runs (never more than this run consumes).
-    depth = max(1, int(config.get("device_prefetch", 2)))
-    queued: collections.deque = collections.deque()
-    fetched = 0
-
-    def prefetch() -> None:
-        nonlocal fetched
-        while len(queued) < depth and fetched < stop_at - start:
-            queued.append(mesh_lib.global_batch(s.mesh, next(iterator)))
-            fetched += 1
-
-    prefetch()
-    # Compile ahead of time: the train step, and the eval step if this run evaluates,
-    # so a mistake or a slow compile shows at start-up, not at the first eval.
-    train_step, train_s = _ahead_of_time(train_step, s.abstract_state, queued[0])
-    every = int(config.eval_every_steps)
-    next_eval = (start // every + 1) * every
-    evaluates = (stop_at == total and config.eval_at_end) or (next_eval <= stop_at and next_eval < total)
-    compiled = f"compiled the train step in {train_s:.1f}s"
-    if evaluates:
-        eval_step, eval_s = _ahead_of_time(eval_step, s.abstract_state, _eval_batch_spec(config, s.mesh, data))
-        compiled += f", the eval step in {eval_s:.1f}s"
-    log(compiled)
-    # Processes can finish compiling minutes apart (a persistent-cache hit on one, a
-    # compile on another, as measured with 4 CPU processes where only process 0 hit
-    # the cache); the first step's collectives must not start until all are ready.
-    _wait_for_all_processes(f"dmformer_compiled_step_{start}")
-    t_last = time.time()
-
-    with _SigtermFlag() as sigterm:
-        step = start
-        while step < stop_at:
-            batch = queued.popleft()
-            state, metrics = train_step(state, batch)
-            step += 1
-            pending.append((step, metrics))
-            if step == start + 1:
-                jax.block_until_ready(metrics)
-                log(f"first step took {time.time() - t_last:.1f}s")
-                t_last, step_last = time.time(), step
-            # Assemble the next batches while the device runs this step.
-            prefetch()
-
-            if step % config.log_every_steps == 0 or step == stop_at:
-                mean = check_pending()
-                now = time.time()
-                dt = max(now - t_last, 1e-9)
-                img_s = (step - step_last) * config.batch_size / dt if step > step_last else 0.0
-                eta = (total - step) * dt / max(step - step_last, 1)
-                log(progress_line(step, total, mean, img_s, eta))
-                decode_errors = data_decode_errors()
-                if decode_errors > reported_decode_errors:
-                    reported_decode_errors = decode_errors
-                    log(f"skipped {decode_errors} undecodable image(s) so far (counted, not fatal)")
-                writer.write(step, "train", {**mean, "img_per_sec": img_s})
-                t_last, step_last = now, step
-
-            saver.check()  # a save that failed in the background stops the run here
-            preempted = sigterm.preempted(step)
-            final = step == stop_at
-            if preempted or final or step % config.checkpoint_every_steps == 0:
-                check_pending()  # never write a NaN state
-                saver.save(step, state, meta(step), force=True)
-            if preempted:
-                saver.wait()
-                writer.close()
-                raise Preempted(step, workdir)
-            if step % config.eval_every_steps == 0 and step < total:
-                eval_metrics = evaluate(step)
-
-    if step == total and config.eval_at_end:
-        eval_metrics = evaluate(step)
-    elif step < total:
-        log(f"stopped at step {step} (config.stop_at_step); rerun without it to continue to {total}")
-    writer.close()
-    return RunResult(step, eval_metrics, stopped_early=step < total)
+    def _log_progress(self, step: int) -> None:
+        """The progress line and the ``train`` record of the steps since the last one."""
+        config = self.config
+        mean = self._check_pending()
+        now = time.time()
+        dt = max(now - self._t_last, 1e-9)
+        steps = step - self._step_last
+        img_s = steps * config.batch_size / dt if steps > 0 else 0.0
+        eta = (self.total - step) * dt / max(steps, 1)
+        log(progress_line(step, self.total, mean, img_s, eta, self.task.progress_fields(mean)))
+        decode_errors = self._decode_errors()
+        if decode_errors > self._reported_decode_errors:
+            self._reported_decode_errors = decode_errors
+            log(f"skipped {decode_errors} undecodable image(s) so far (counted, not fatal)")
+        self.writer.write(step, "train", {**mean, "img_per_sec": img_s})
+        self._t_last, self._step_last = now, step
 
 
 # ----------------------------------------------------------------------------- eval only
@@ -558,7 +613,8 @@ def evaluate_checkpoint(
     step: int | None = None,
     data: ModuleType | None = None,
 ) -> dict[str, float]:
-    """Top-1/top-5 of checkpoint ``step`` (default newest) of ``workdir`` on the eval split.
+    """The task's eval metrics (classification: top-1/top-5) of checkpoint ``step``
+    (default newest) of ``workdir`` on the eval split.
 
     ``config`` defaults to the one stored in the checkpoint (pass one to change e.g.
     ``data.data_dir`` or ``eval_batch_size``; the model fields must match).
@@ -577,19 +633,17 @@ def evaluate_checkpoint(
             f"checkpoint has {meta['num_classes']} classes but {config.data.name!r} has "
             f"{info.num_classes}; evaluate on the dataset it was trained on"
         )
-    s = _setup(config, info.num_classes, info.num_train_examples)
+    task = get_task(config)
+    s = _setup(config, task, info)
     mngr = ckpt.make_manager(workdir, read_only=True, async_checkpointing=False)
     try:
         state, _ = ckpt.restore(mngr, step, s.abstract_state)
     finally:
         mngr.close()
     eval_step = step_lib.make_eval_step(
-        s.model, s.mesh, _state_sharding(s.abstract_state), use_ema=config.optim.ema_decay is not None,
+        task, s.model, s.mesh, _state_sharding(s.abstract_state), use_ema=config.optim.ema_decay is not None,
         mean=config.data.mean, std=config.data.std,
     )
-    metrics = run_evaluation(config, state, eval_step, s.mesh, data)
-    log(
-        f"eval of {ckpt.checkpoint_dir(workdir)}/{step}: top1 {100 * metrics['top1']:.2f}% | "
-        f"top5 {100 * metrics['top5']:.2f}% | loss {metrics['loss']:.4f} | {int(metrics['num_examples'])} images"
-    )
+    metrics = run_evaluation(config, state, eval_step, s.mesh, data, task)
+    log(f"eval of {ckpt.checkpoint_dir(workdir)}/{step}: {task.eval_summary(metrics)}")
     return {**metrics, "step": step}

@@ -1,4 +1,8 @@
-"""The jitted train and eval steps (data parallel over a `jax.sharding.Mesh`)."""
+"""The jitted train and eval steps (data parallel over a `jax.sharding.Mesh`).
+
+Task-generic: the loss and the metrics come from a `dmformer_jax.tasks.Task`; these
+steps own the update, gradient accumulation, EMA and input normalisation.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from dmformer_jax.tasks.base import Task
 from dmformer_jax.train import mesh as mesh_lib
 from dmformer_jax.train.state import TrainState
 
@@ -31,6 +36,7 @@ def _train_step(
     state: TrainState,
     batch: dict[str, jax.Array],
     *,
+    task: Task,
     model: nn.Module,
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
@@ -41,22 +47,22 @@ def _train_step(
 ) -> tuple[TrainState, Metrics]:
     # Per-step randomness from the step number alone, so a resumed run draws the same.
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    images, labels = batch["image"], batch["label"]
+    images = batch[task.input_key]
     if mean is not None:
         images = normalize_images(images, mean, std)
 
     def loss_fn(params):
-        logits, updates = model.apply(
+        outputs, updates = model.apply(
             {"params": params, "batch_stats": state.batch_stats},
             images,
             train=True,
             rngs={"drop_path": rng},
             mutable=["batch_stats"],
         )
-        loss = optax.softmax_cross_entropy(logits, labels).mean()
-        return loss, (logits, updates.get("batch_stats", state.batch_stats))
+        loss, task_metrics = task.loss(outputs, batch)
+        return loss, (task_metrics, updates.get("batch_stats", state.batch_stats))
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (task_metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
 
@@ -69,10 +75,9 @@ def _train_step(
             new_ema = jax.tree.map(lambda n, e: jnp.where(stepped, n, e), new_ema, ema_params)
         ema_params = new_ema
 
-    top1 = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(labels, -1))
     metrics = {
         "loss": loss,
-        "top1": top1.astype(jnp.float32),
+        **task_metrics,
         "lr": jnp.asarray(schedule(state.step // grad_accum_steps), jnp.float32),
         "grad_norm": optax.global_norm(grads),
     }
@@ -87,6 +92,7 @@ def _train_step(
 
 
 def make_train_step(
+    task: Task,
     model: nn.Module,
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
@@ -100,16 +106,16 @@ def make_train_step(
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, Metrics]]:
     """``step(state, batch) -> (state, metrics)``, jitted, ``state`` donated.
 
-    ``batch``: ``image`` ``(B, S, S, 3)`` float32 (normalised), or uint8 pixels that
-    are normalised on the device with ``mean``/``std`` (`normalize_images`), and ``label`` ``(B, num_classes)``
-    soft targets, both sharded over the mesh's ``'data'`` axis. ``metrics``: scalars
-    ``loss``, ``top1`` (argmax of the soft label), ``lr``, ``grad_norm`` (before
-    clipping), replicated.
+    ``batch``: the entries ``task`` needs (`Task.train_keys`), sharded over the mesh's
+    ``'data'`` axis; its ``task.input_key`` entry ``(B, S, S, 3)`` is float32
+    (normalised) or uint8 pixels normalised on the device with ``mean``/``std``
+    (`normalize_images`). ``metrics``: replicated scalars ``loss``, the task's own
+    (`Task.loss`), ``lr`` and ``grad_norm`` (before clipping).
     """
 
     def step(state, batch):
         return _train_step(
-            state, batch, model=model, tx=tx, schedule=schedule,
+            state, batch, task=task, model=model, tx=tx, schedule=schedule,
             grad_accum_steps=grad_accum_steps, ema_decay=ema_decay, mean=mean, std=std,
         )
 
@@ -123,32 +129,23 @@ def make_train_step(
 
 
 def make_eval_step(
-    model: nn.Module, mesh: Mesh, state_sharding: Any, *, use_ema: bool, mean=None, std=None
+    task: Task, model: nn.Module, mesh: Mesh, state_sharding: Any, *, use_ema: bool, mean=None, std=None
 ) -> Callable[[TrainState, dict[str, jax.Array]], Metrics]:
     """``eval(state, batch) -> sums`` over the real (``mask``-ed) examples of a batch.
 
-    ``batch``: ``image`` ``(B, S, S, 3)`` (uint8 is normalised as in
-    `make_train_step`), ``label`` int ``(B,)``, ``mask`` bool
-    ``(B,)``. Returns replicated float32 scalars ``top1``, ``top5`` (correct counts),
-    ``loss`` (summed cross-entropy) and ``count``.
+    ``batch``: the entries of `Task.eval_keys` (the input normalised as in
+    `make_train_step`), with ``mask`` bool ``(B,)`` marking real examples. Returns
+    the task's replicated sums (`Task.eval_sums`), computed with the EMA parameters
+    when ``use_ema``.
     """
 
     def step(state: TrainState, batch):
         params = state.ema_params if use_ema else state.params
-        images = batch["image"] if mean is None else normalize_images(batch["image"], mean, std)
-        logits = model.apply({"params": params, "batch_stats": state.batch_stats}, images, train=False)
-        labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
-        k = min(5, logits.shape[-1])
-        _, top_k = jax.lax.top_k(logits, k)
-        hit_k = jnp.any(top_k == labels[:, None], axis=-1)
-        hit_1 = top_k[:, 0] == labels
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-        return {
-            "top1": jnp.sum(hit_1 * mask),
-            "top5": jnp.sum(hit_k * mask),
-            "loss": jnp.sum(loss * mask),
-            "count": jnp.sum(mask),
-        }
+        images = batch[task.input_key]
+        if mean is not None:
+            images = normalize_images(images, mean, std)
+        outputs = model.apply({"params": params, "batch_stats": state.batch_stats}, images, train=False)
+        return task.eval_sums(outputs, batch, batch["mask"].astype(jnp.float32))
 
     data = mesh_lib.batch_sharded(mesh)
     return jax.jit(step, in_shardings=(state_sharding, data), out_shardings=mesh_lib.replicated(mesh))

@@ -14,7 +14,9 @@ TFDS (`tensorflow_datasets/datasets/imagenet2012`) reads two archives from
 
 The images are small synthetic JPEGs (a class-dependent colour plus noise, not square),
 including one greyscale and one CMYK JPEG in the train split, which the input
-pipeline must decode to 3 channels. Used by tests/test_imagenet_tfds.py.
+pipeline must decode to 3 channels. Used by tests/test_imagenet_tfds.py,
+test_train_imagenet.py and test_reliability.py (a test fixture: it is not shipped in
+the package).
 """
 
 from __future__ import annotations
