@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import dmformer_jax
 from dmformer_jax.bench import random_variables
 from dmformer_jax.checkpoint.convert import flax_to_torch_state_dict
-from dmformer_jax.models import create_segmentation_model
+from dmformer_jax.models import SemanticFPNHead, UPerHead, create_segmentation_model
 from dmformer_jax.models.pretrained import merge_pretrained
 from dmformer_jax.models.seg_ops import ClassifierConv, adaptive_avg_pool, adaptive_bins, resize_bilinear, resize_nearest
 from dmformer_jax.models.segmentation import split_outputs
@@ -229,3 +229,32 @@ def test_classifier_backbone_initialises_segmentation_model(head):
     # The merged variables run.
     out = model.apply(merged, jnp.zeros(x_shape))
     assert out.shape == (1, 16, 24, 5)
+
+
+# --- initialisation (mmseg's) --------------------------------------------------------------
+
+def test_fresh_heads_follow_mmseg_init():
+    """Neck convs Xavier-uniform with zero bias; ConvModule convs Kaiming-normal (fan-out);
+    classifier N(0, 0.01²); BN scale 1, bias 0, running stats 0/1. Heads alone, not jitted."""
+    rng = np.random.RandomState(12)
+    feats = {f"stage_{i}": jnp.asarray(rng.randn(1, 16 >> i, 16 >> i, c).astype(np.float32))
+             for i, c in enumerate((32, 48, 64, 96))}
+    fpn = SemanticFPNHead(num_classes=40, neck_channels=64, channels=96).init(jax.random.key(0), feats)
+    lateral = np.asarray(fpn["params"]["neck"]["lateral_3"]["kernel"])  # (1, 1, 96, 64)
+    bound = np.sqrt(6.0 / (96 + 64))
+    assert np.abs(lateral).max() <= bound and np.abs(lateral).max() > 0.9 * bound
+    np.testing.assert_allclose(lateral.std(), bound / np.sqrt(3), rtol=0.05)
+    out = np.asarray(fpn["params"]["neck"]["fpn_0"]["kernel"])  # (3, 3, 64, 64): fans include the 3×3
+    np.testing.assert_allclose(out.std(), np.sqrt(6.0 / (9 * 64 + 9 * 64)) / np.sqrt(3), rtol=0.05)
+    assert not np.any(np.asarray(fpn["params"]["neck"]["fpn_0"]["bias"]))
+    conv = np.asarray(fpn["params"]["scale_head_0_0"]["conv"]["kernel"])  # (3, 3, 64, 96)
+    np.testing.assert_allclose(conv.std(), np.sqrt(2.0 / (9 * 96)), rtol=0.05)
+    cls = np.asarray(fpn["params"]["cls"]["conv"]["kernel"])
+    np.testing.assert_allclose(cls.std(), 0.01, rtol=0.1)
+    assert not np.any(np.asarray(fpn["params"]["cls"]["conv"]["bias"]))
+    bn, stats = fpn["params"]["scale_head_3_2"]["bn"], fpn["batch_stats"]["scale_head_3_2"]["bn"]
+    assert np.all(np.asarray(bn["scale"]) == 1) and not np.any(np.asarray(bn["bias"]))
+    assert np.all(np.asarray(stats["var"]) == 1) and not np.any(np.asarray(stats["mean"]))
+    uper = UPerHead(num_classes=40, channels=96).init(jax.random.key(1), feats)
+    ppm = np.asarray(uper["params"]["ppm"]["scale_0"]["conv"]["kernel"])  # (1, 1, 96, 96)
+    np.testing.assert_allclose(ppm.std(), np.sqrt(2.0 / 96), rtol=0.05)
