@@ -1,7 +1,7 @@
 """Task heads on the `Backbone` stage maps (docs/architecture.md).
 
-`ClassifierHead` is the only head today; dense-prediction heads (FPN, UperNet) for
-segmentation will sit next to it and read all four maps.
+`ClassifierHead` reads the last map; the dense-prediction heads (Semantic FPN, UperNet,
+the auxiliary FCN head) read all four and live in `dmformer_jax.models.seg_heads`.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ A pretrained classifier holds ``{collection}/backbone/...`` and ``{collection}/h
 `dmformer_jax.models.legacy`). `merge_pretrained` loads its backbone into any target
 that holds a `Backbone` under ``prefix`` (``('backbone',)`` for a classifier or a
 segmentation model), so ``params/decode_head/...`` of a dense model simply stays at
-init. The classifier head:
+init, and so do its backbone's output norms ``norm_stage_i`` (reported as missing, never
+a ``strict`` failure; `DENSE_ONLY_PREFIX`). The classifier head:
 
 * loads into a target that has a ``head`` too (classifier fine-tuning), except its
   ``fc`` when ``reset_head`` (as timm's ``reset_classifier``: the classes change,
@@ -37,6 +38,9 @@ COLLECTIONS = ("params", "batch_stats")
 BACKBONE = "backbone"
 HEAD = "head"
 CLASSIFIER = (HEAD, "fc")  # the only head part whose shape depends on num_classes
+# Backbone parts that only dense-prediction models have (`Backbone(out_norms=True)`):
+# absent from a classifier's checkpoint by design, so never a strict failure.
+DENSE_ONLY_PREFIX = "norm_stage_"
 
 Path = tuple[str, ...]
 
@@ -192,8 +196,14 @@ def merge_pretrained(
             f"this model holds nothing under {'/'.join(prefix)!r}, so the pretrained backbone has "
             "nowhere to go; pass prefix= where the model holds its Backbone"
         )
-    body_missing = [p for p in report.missing if _under(tuple(p.split("/")), prefix)]
-    body_unexpected = [p for p in report.unexpected if not is_head(p)]
+    def is_dense_only(key: str, where: Sequence[str]) -> bool:
+        parts = tuple(key.split("/"))
+        return (_under(parts, where) and len(parts) > 1 + len(where)
+                and parts[1 + len(where)].startswith(DENSE_ONLY_PREFIX))
+
+    body_missing = [p for p in report.missing
+                    if _under(tuple(p.split("/")), prefix) and not is_dense_only(p, prefix)]
+    body_unexpected = [p for p in report.unexpected if not is_head(p) and not is_dense_only(p, (BACKBONE,))]
     if strict and (body_missing or body_unexpected):
         raise CheckpointError(
             f"pretrained weights do not match this architecture (missing: "

@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any
 
 from dmformer_jax.models.dmformer import DMFormer
+from dmformer_jax.models.segmentation import HEADS, DMFormerSegmentation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,3 +104,37 @@ def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> DMForm
         raise ValueError(f"num_classes must be >= 0, got {num_classes}")
     kwargs["num_classes"] = int(num_classes)
     return DMFormer(**kwargs)
+
+
+def create_segmentation_model(
+    backbone_name: str, head: str = "fpn", num_classes: int = 150, **overrides: Any
+) -> DMFormerSegmentation:
+    """Builds the variant ``backbone_name`` with a segmentation ``head`` (no parameters yet).
+
+    Args:
+      backbone_name: one of `list_models()` (its depths, widths, drop path, layer scale).
+      head: ``'fpn'`` (Semantic FPN) or ``'upernet'`` (with the auxiliary FCN head).
+      num_classes: classes (ADE20K: 150).
+      **overrides: any `DMFormerSegmentation` field, e.g. ``channels=256``,
+        ``drop_path_rate=0.3``, ``dtype=jnp.bfloat16``.
+
+    Example::
+
+        model = create_segmentation_model('dmformer_s', head='upernet', num_classes=150)
+        variables = model.init(jax.random.key(0), jnp.zeros((1, 512, 512, 3)))
+        logits = model.apply(variables, images)            # (1, 128, 128, 150)
+    """
+    if head not in HEADS:
+        raise ValueError(f"unknown segmentation head {head!r}; valid heads: {', '.join(HEADS)}")
+    valid = tuple(f.name for f in dataclasses.fields(DMFormerSegmentation) if f.name not in ("parent", "name"))
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown segmentation option(s) {unknown}; valid options: {', '.join(valid)}")
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    kwargs = get_variant(backbone_name).model_kwargs()
+    for field in (*SEQUENCE_FIELDS, "pool_scales"):
+        if overrides.get(field) is not None:
+            overrides[field] = tuple(int(v) for v in overrides[field])
+    kwargs.update(overrides)
+    return DMFormerSegmentation(head=head, num_classes=int(num_classes), **kwargs)
