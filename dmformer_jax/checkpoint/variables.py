@@ -11,11 +11,11 @@ import json
 from typing import Any, Mapping
 
 import jax
-import numpy as np
 
 from dmformer_jax.checkpoint import metadata
 from dmformer_jax.checkpoint.layout import META, META_FILE, METADATA_FILE, SAFETENSORS_KEY, STATE, VARIABLES_ITEM, Source
 from dmformer_jax.checkpoint.manifest import verify_manifest
+from dmformer_jax import sharding as sharding_lib
 from dmformer_jax.errors import CheckpointError, first_line
 from dmformer_jax.models import DMFormer
 from dmformer_jax.models.init import init_on_zeros
@@ -24,10 +24,7 @@ from dmformer_jax.models.legacy import remap_v1_state_dict, remap_v1_tree
 
 def replicated(sharding: jax.sharding.Sharding | None = None) -> jax.sharding.Sharding:
     """The caller's sharding, or replicated over all of this process's devices."""
-    if sharding is not None:
-        return sharding
-    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return sharding if sharding is not None else sharding_lib.replicated(sharding_lib.local_mesh())
 
 
 def init_fn(model: DMFormer, image_size: int):

@@ -14,18 +14,13 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-DATA_AXIS = "data"
+from dmformer_jax.sharding import DATA_AXIS, replicated  # noqa: F401  (part of this module's API)
 
 
 def make_mesh() -> Mesh:
     """A 1-D ``('data',)`` mesh over all ``jax.devices()`` (all processes)."""
     # Auto axis types: plain GSPMD propagation; the model code needs no sharding hints.
     return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    """The sharding of parameters and optimizer state (a full copy on every device)."""
-    return NamedSharding(mesh, PartitionSpec())
 
 
 def batch_sharded(mesh: Mesh) -> NamedSharding:
