@@ -172,6 +172,7 @@ def test_drop_path_in_model_depends_on_key_and_is_off_at_eval():
     np.testing.assert_array_equal(jax.jit(model.apply)(variables, x), jax.jit(no_drop.apply)(variables, x))
 
 
+@pytest.mark.slow  # > 30 s on 2 cores (compiles); CI runs it
 def test_gradients_are_finite_and_match_finite_differences():
     model = dmformer_jax.create_model(TINY, num_classes=3)
     x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))

@@ -157,6 +157,7 @@ def test_dmformer_t_logits_match_pytorch(head):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow  # > 30 s on 2 cores (compiles); CI runs it
 def test_upernet_training_mode_and_aux_head_match_pytorch():
     """train=True (dropout off): batch-statistics BN and the auxiliary head's logits agree.
 
@@ -233,6 +234,7 @@ def test_classifier_backbone_initialises_segmentation_model(head):
 
 # --- initialisation (mmseg's) --------------------------------------------------------------
 
+@pytest.mark.slow  # > 30 s on 2 cores (compiles); CI runs it
 def test_fresh_heads_follow_mmseg_init():
     """Neck convs Xavier-uniform with zero bias; ConvModule convs Kaiming-normal (fan-out);
     classifier N(0, 0.01²); BN scale 1, bias 0, running stats 0/1. Heads alone, not jitted."""
