@@ -103,7 +103,8 @@ def poly_schedule(
         t = jnp.minimum(jnp.asarray(count, jnp.float32), total)
         lr = (peak - end_value) * (1.0 - t / total) ** power + end_value
         if warmup_steps:
-            factor = 1.0 - (1.0 - t / warmup_steps) * (1.0 - warmup_ratio)
+            # = 1 - (1 - t/W)(1 - ratio), written so float32 keeps ratio exact at t = 0
+            factor = warmup_ratio + (1.0 - warmup_ratio) * (t / warmup_steps)
             lr = jnp.where(t < warmup_steps, lr * factor, lr)
         return lr
 
