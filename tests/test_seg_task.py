@@ -328,11 +328,15 @@ def test_seg_default_trains_and_evaluates_end_to_end(tmp_path_factory):
         "--config", "configs/seg_default.py",
         "--config.num_train_steps=3", "--config.batch_size=4", "--config.eval_batch_size=4",
         "--config.data.eval_split=validation[:6]", "--config.data.shuffle_buffer=16",
+        # 3 eval shapes (one compiled ahead of time, two traced at their first batch)
+        "--config.data.eval_bucket_step=64",
         "--config.log_every_steps=1", "--config.eval_every_steps=2", "--config.checkpoint_every_steps=3",
         "--config.model.drop_path_rate=0.1",
     ]
-    out = sp.run_ok(env, workdir, base=base, timeout=600)
-    assert "mIoU" in out
+    p = sp.run(sp.train_cmd(env, workdir, base=base), env, timeout=600)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-4000:]
+    assert "eval step 3: mIoU" in out
     assert os.path.isdir(os.path.join(workdir, "checkpoints", "3")), os.listdir(os.path.join(workdir, "checkpoints"))
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f if line.strip()]
