@@ -266,6 +266,28 @@ def test_train_step_rngs_keep_drop_path_and_add_dropout():
     assert not np.array_equal(jax.random.key_data(rngs["dropout"]), jax.random.key_data(key))
 
 
+def test_upernet_training_outputs_feed_the_aux_loss_with_the_step_rngs():
+    """The model in train mode with the step's RNG streams (dropout included) returns
+    aux logits, and the task's loss adds them with the configured weight."""
+    from configs.seg_common import get_seg_config
+    from dmformer_jax.train.step import model_rngs
+
+    config = get_seg_config("upernet", "dmformer_tiny_test")
+    config.model.channels, config.model.aux_channels, config.model.aux_loss_weight = 16, 8, 0.3
+    task = get_task(config)
+    model = task.build_model(config, _Info())
+    images = jnp.asarray(np.random.default_rng(4).normal(size=(2, 64, 64, 3)), jnp.float32)
+    variables = model.init(jax.random.key(0), images)
+    outputs, _ = model.apply(variables, images, train=True, rngs=model_rngs(task, jax.random.key(1)),
+                             mutable=["batch_stats"])
+    assert outputs["logits"].shape == (2, 16, 16, 7) and outputs["aux_logits"].shape == (2, 4, 4, 7)
+    labels = _labels(np.random.default_rng(5), (2, 64, 64), 7)
+    loss, metrics = task.loss(outputs, {"label": jnp.asarray(labels)})
+    main, _ = _ce_np(np.asarray(outputs["logits"]), labels)
+    aux, _ = _ce_np(np.asarray(outputs["aux_logits"]), labels)
+    np.testing.assert_allclose(float(loss), main + 0.3 * aux, rtol=1e-5)
+
+
 # ----------------------------------------------------------------- poly schedule
 
 
