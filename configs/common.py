@@ -109,6 +109,18 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.optim.grad_clip_norm = ml_collections.FieldReference(None, field_type=float)
     config.optim.grad_accum_steps = 1
     config.optim.ema_decay = ml_collections.FieldReference(None, field_type=float)  # e.g. 0.9999
+    # lr = base_lr * effective batch / lr_reference_batch (None: base_lr is the lr as is).
+    config.optim.lr_reference_batch = ml_collections.FieldReference(1024, field_type=int)
+    # 'cosine' (this recipe) | 'poly' (mmcv's poly decay, the segmentation recipes):
+    # (peak - min_lr) * (1 - t/T) ** poly_power + min_lr, times mmcv's linear warm-up
+    # factor 1 - (1 - t/W) * (1 - warmup_ratio) while t < W (dmformer_jax/train/optim.py).
+    config.optim.schedule = "cosine"
+    config.optim.poly_power = 1.0
+    config.optim.warmup_ratio = 1e-6  # poly only; cosine warms up from warmup_init_lr
+    # Warm-up length in optimizer updates; None: warmup_epochs.
+    config.optim.warmup_steps = ml_collections.FieldReference(None, field_type=int)
+    # Weight decay on every parameter (PoolFormer's segmentation recipe), not only kernels.
+    config.optim.decay_all_params = False
 
     # --- checkpoints, eval, logging -----------------------------------------
     config.checkpoint_every_steps = 1000
@@ -140,7 +152,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     # --- task ----------------------------------------------------------------
     # What is trained on the backbone: its model head, loss and metrics
-    # (dmformer_jax.tasks.TASKS; 'classification' is the only one so far).
+    # (dmformer_jax.tasks.TASKS: 'classification' | 'segmentation', see configs/seg_common.py).
     config.task = "classification"
 
     # --- run control (added by the trainer) -------------------------------------

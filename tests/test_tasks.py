@@ -83,7 +83,7 @@ def test_classification_log_fields():
 def test_unknown_task_is_a_one_line_config_error():
     config = syn.tiny_config(task="segmentation_typo")
     with pytest.raises(ConfigError, match=r"^config.task='segmentation_typo' is not a task; use one of "
-                                          r"\['classification'\]$"):
+                                          r"\['classification', 'segmentation'\]$"):
         loop.validate_config(config, device_count=1, process_count=1)
 
 

@@ -10,9 +10,10 @@ import ml_collections
 from dmformer_jax.errors import ConfigError
 from dmformer_jax.tasks.base import Task
 from dmformer_jax.tasks.classification import ClassificationTask
+from dmformer_jax.tasks.segmentation import SegmentationTask
 
 # name -> Task class. Tests register toy tasks here (the loop reads it at run start).
-TASKS: dict[str, type[Task]] = {"classification": ClassificationTask}
+TASKS: dict[str, type[Task]] = {"classification": ClassificationTask, "segmentation": SegmentationTask}
 
 # Configs stored in checkpoints written before ``config.task`` existed mean this one.
 DEFAULT_TASK = "classification"
@@ -35,4 +36,4 @@ def get_task(config: ml_collections.ConfigDict) -> Task:
     return TASKS[name]()
 
 
-__all__ = ["DEFAULT_TASK", "TASKS", "ClassificationTask", "Task", "get_task", "task_name"]
+__all__ = ["DEFAULT_TASK", "TASKS", "ClassificationTask", "SegmentationTask", "Task", "get_task", "task_name"]

@@ -43,8 +43,23 @@ class Task(abc.ABC):
 
     name: str = ""
     input_key: str = "image"
+    # The model's RNG streams in training: the train step passes the step's key as the
+    # first and keys folded from it as the others (``fold_in(key, i)``).
+    rng_names: tuple[str, ...] = ("drop_path", "dropout")
     train_keys: tuple[str, ...] = ("image",)
     eval_keys: tuple[str, ...] = ("image", "mask")
+
+    # --- data -------------------------------------------------------------------
+
+    def data_module(self) -> Any:
+        """The input module the trainer reads by default (`dmformer_jax.data` for
+        classification): ``dataset_info(config)``, ``make_train_iterator(config, *,
+        start_step, process_index, process_count)``, ``make_eval_iterator(config, *,
+        process_index, process_count)``, optionally ``transfer_dtype(config)`` and
+        ``decode_error_count()``. Imported late (it imports TensorFlow)."""
+        import dmformer_jax.data as data_lib
+
+        return data_lib
 
     # --- model ------------------------------------------------------------------
 
@@ -82,8 +97,13 @@ class Task(abc.ABC):
     def eval_target_spec(self, config: ml_collections.ConfigDict, batch_size: int) -> BatchSpec:
         """Shapes of the eval batch's target entries (everything but image and mask)."""
 
-    def eval_batch_spec(self, config: ml_collections.ConfigDict, batch_size: int, image_dtype: Any) -> BatchSpec:
-        """``{key: (shape, dtype)}`` of one global eval batch of ``batch_size`` examples."""
+    def eval_batch_spec(
+        self, config: ml_collections.ConfigDict, batch_size: int, image_dtype: Any
+    ) -> BatchSpec | None:
+        """``{key: (shape, dtype)}`` of one global eval batch of ``batch_size`` examples,
+        which the trainer compiles the eval step for ahead of time. A task whose eval
+        batches come in several shapes returns one of them (the others are traced at
+        their first batch) or None (no ahead-of-time compile of the eval step)."""
         size = int(config.data.eval_image_size or config.data.image_size)
         return {
             self.input_key: ((batch_size, size, size, 3), image_dtype),

@@ -1,8 +1,8 @@
 """The training loop: restore or init, train, evaluate, checkpoint, stop cleanly.
 
 `train_and_evaluate` is what ``train.py`` runs; `evaluate_checkpoint` is the eval-only
-mode. Both take the data module as an argument (default `dmformer_jax.data`) so tests
-can substitute synthetic data with the same API.
+mode. Both take the data module as an argument (default: the task's own,
+`Task.data_module`) so tests can substitute synthetic data with the same API.
 """
 
 from __future__ import annotations
@@ -60,12 +60,10 @@ class RunResult:
     stopped_early: bool = False
 
 
-def _data_module(data: ModuleType | None) -> ModuleType:
-    if data is not None:
-        return data
-    import dmformer_jax.data as data_lib  # late: it imports TensorFlow
-
-    return data_lib
+def _data_module(data: ModuleType | None, task: Task) -> ModuleType:
+    """``data`` when given (tests pass synthetic modules), else ``task``'s own input
+    module (`Task.data_module`, imported late: it imports TensorFlow)."""
+    return data if data is not None else task.data_module()
 
 
 # ----------------------------------------------------------------------------- config
@@ -319,11 +317,14 @@ def _wait_for_all_processes(name: str, timeout_s: int = 3600) -> None:
     client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
 
 
-def _eval_batch_spec(config, mesh, data, task: Task) -> dict[str, jax.ShapeDtypeStruct]:
-    """The shapes `run_evaluation` feeds the eval step (for ahead-of-time compiling)."""
+def _eval_batch_spec(config, mesh, data, task: Task) -> dict[str, jax.ShapeDtypeStruct] | None:
+    """The shapes `run_evaluation` feeds the eval step (for ahead-of-time compiling);
+    None when the task gives none (`Task.eval_batch_spec`)."""
     sharding = mesh_lib.batch_sharded(mesh)
     image = np.uint8 if _transfer_dtype(data, config) == "uint8" else np.float32
     spec = task.eval_batch_spec(config, eval_batch_size(config), image)
+    if spec is None:
+        return None
     return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for k, (shape, dtype) in spec.items()}
 
 
@@ -345,12 +346,12 @@ def train_and_evaluate(
       TrainingDivergedError: NaN/Inf loss; newer checkpoints are not written.
       Preempted: SIGTERM; the current step was checkpointed.
     """
-    data = _data_module(data)
     workdir = resolve(workdir)
     resolve_config_paths(config)
     check_multiprocess()
     validate_config(config, device_count=jax.device_count(), process_count=jax.process_count())
     task = get_task(config)
+    data = _data_module(data, task)
     log_all_processes(bool(config.get("log_all_processes", False)))
     cache = enable_compilation_cache(config)
     if cache:
@@ -541,8 +542,8 @@ class Trainer:
             next_eval <= self.stop_at and next_eval < self.total
         )
         compiled = f"compiled the train step in {train_s:.1f}s"
-        if evaluates:
-            spec = _eval_batch_spec(config, s.mesh, self.data, self.task)
+        spec = _eval_batch_spec(config, s.mesh, self.data, self.task) if evaluates else None
+        if spec is not None:
             self.eval_step, eval_s = _ahead_of_time(self.eval_step, s.abstract_state, spec)
             compiled += f", the eval step in {eval_s:.1f}s"
         log(compiled)
@@ -619,7 +620,6 @@ def evaluate_checkpoint(
     ``config`` defaults to the one stored in the checkpoint (pass one to change e.g.
     ``data.data_dir`` or ``eval_batch_size``; the model fields must match).
     """
-    data = _data_module(data)
     workdir = resolve(workdir)
     meta, step = ckpt.read_meta(workdir, step)
     if config is None:
@@ -627,13 +627,14 @@ def evaluate_checkpoint(
     resolve_config_paths(config)
     check_multiprocess()
     validate_config(config, device_count=jax.device_count(), process_count=jax.process_count())
+    task = get_task(config)
+    data = _data_module(data, task)
     info = data.dataset_info(config)
     if info.num_classes != meta["num_classes"]:
         raise CheckpointError(
             f"checkpoint has {meta['num_classes']} classes but {config.data.name!r} has "
             f"{info.num_classes}; evaluate on the dataset it was trained on"
         )
-    task = get_task(config)
     s = _setup(config, task, info)
     mngr = ckpt.make_manager(workdir, read_only=True, async_checkpointing=False)
     try:

@@ -1,9 +1,21 @@
-"""The optimizer of the recipe: AdamW, lr scaled by batch, warm-up then cosine.
+"""The optimizer of the recipe: AdamW, lr scaled by batch, warm-up then cosine or poly.
 
-``lr = base_lr × effective_batch / 1024`` with ``effective_batch = batch_size ×
-grad_accum_steps``; linear warm-up from ``warmup_init_lr``, cosine decay to ``min_lr``.
-Weight decay applies to conv/dense kernels only: never to biases, norm scales/offsets,
-layer-scale ``gamma`` or BatchNorm parameters (as timm/PoolFormer do).
+``lr = base_lr × effective_batch / optim.lr_reference_batch`` (1024; None: ``base_lr``
+is the lr itself) with ``effective_batch = batch_size × grad_accum_steps``.
+
+``optim.schedule``:
+
+* ``'cosine'`` (default, the ImageNet recipe): linear warm-up from ``warmup_init_lr``,
+  cosine decay to ``min_lr``.
+* ``'poly'`` (mmcv's ``PolyLrUpdaterHook``, the segmentation recipes):
+  ``(peak - min_lr) × (1 - t / T) ** poly_power + min_lr`` over the T updates, times
+  mmcv's linear warm-up factor ``1 - (1 - t / W) × (1 - warmup_ratio)`` for t < W.
+
+Warm-up length: ``optim.warmup_steps`` optimizer updates when set, else
+``warmup_epochs`` epochs. Weight decay applies to conv/dense kernels only: never to
+biases, norm scales/offsets, layer-scale ``gamma`` or BatchNorm parameters (as
+timm/PoolFormer do), unless ``optim.decay_all_params`` (PoolFormer's segmentation
+recipe decays every parameter).
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ import math
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -40,14 +53,33 @@ def plan_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> St
     else:
         total_steps = int(math.ceil(config.num_epochs * steps_per_epoch))
     total_updates = max(total_steps // accum, 1)
-    warmup_updates = int(round(config.optim.warmup_epochs * steps_per_epoch / accum))
+    if config.optim.get("warmup_steps") is not None:
+        warmup_updates = int(config.optim.warmup_steps)
+    else:
+        warmup_updates = int(round(config.optim.warmup_epochs * steps_per_epoch / accum))
     warmup_updates = min(warmup_updates, total_updates - 1) if total_updates > 1 else 0
-    peak_lr = config.optim.base_lr * config.batch_size * accum / 1024
+    reference = config.optim.get("lr_reference_batch", 1024)
+    peak_lr = config.optim.base_lr * (config.batch_size * accum / reference if reference else 1.0)
     return StepPlan(total_steps, steps_per_epoch, total_updates, max(warmup_updates, 0), peak_lr)
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, plan: StepPlan) -> optax.Schedule:
-    """lr as a function of the optimizer update count (not the micro-step)."""
+    """lr as a function of the optimizer update count (not the micro-step).
+
+    Raises:
+      ConfigError: an unknown ``optim.schedule``.
+    """
+    kind = config.optim.get("schedule", "cosine")
+    if kind == "poly":
+        return poly_schedule(
+            plan.peak_lr, plan.total_updates, power=float(config.optim.get("poly_power", 1.0)),
+            end_value=float(config.optim.min_lr), warmup_steps=plan.warmup_updates,
+            warmup_ratio=float(config.optim.get("warmup_ratio", 1e-6)),
+        )
+    if kind != "cosine":
+        from dmformer_jax.errors import ConfigError
+
+        raise ConfigError(f"config.optim.schedule={kind!r} is not one of ['cosine', 'poly']")
     return optax.warmup_cosine_decay_schedule(
         init_value=config.optim.warmup_init_lr if plan.warmup_updates else plan.peak_lr,
         peak_value=plan.peak_lr,
@@ -56,6 +88,27 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, plan: StepPlan) ->
         decay_steps=max(plan.total_updates, plan.warmup_updates + 1),
         end_value=config.optim.min_lr,
     )
+
+
+def poly_schedule(
+    peak: float, total: int, *, power: float, end_value: float = 0.0, warmup_steps: int = 0,
+    warmup_ratio: float = 1e-6,
+) -> optax.Schedule:
+    """mmcv's poly decay with its linear warm-up (``PolyLrUpdaterHook``, ``warmup='linear'``):
+    ``poly(t) = (peak - end_value) × (1 - t / total) ** power + end_value`` and, for
+    ``t < warmup_steps``, ``poly(t) × (1 - (1 - t / warmup_steps) × (1 - warmup_ratio))``."""
+    total = max(int(total), 1)
+
+    def schedule(count):
+        t = jnp.minimum(jnp.asarray(count, jnp.float32), total)
+        lr = (peak - end_value) * (1.0 - t / total) ** power + end_value
+        if warmup_steps:
+            # = 1 - (1 - t/W)(1 - ratio), written so float32 keeps ratio exact at t = 0
+            factor = warmup_ratio + (1.0 - warmup_ratio) * (t / warmup_steps)
+            lr = jnp.where(t < warmup_steps, lr * factor, lr)
+        return lr
+
+    return schedule
 
 
 def weight_decay_mask(params: Any) -> Any:
@@ -93,7 +146,7 @@ def make_optimizer(
             b1=config.optim.b1,
             b2=config.optim.b2,
             weight_decay=config.optim.weight_decay,
-            mask=weight_decay_mask,
+            mask=None if config.optim.get("decay_all_params", False) else weight_decay_mask,
         )
     )
     tx = optax.chain(*parts) if len(parts) > 1 else parts[0]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import flax.struct
@@ -84,8 +84,14 @@ def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return kwargs
 
 
-def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-    """The DMFormer of ``config.model`` with ``num_classes`` outputs.
+def build_model(
+    config: ml_collections.ConfigDict, num_classes: int, *, create: Callable[..., nn.Module] = create_model
+) -> nn.Module:
+    """The model of ``config.model`` with ``num_classes`` outputs.
+
+    ``create(name, num_classes=..., dtype=..., **fields)``: the factory (default the
+    DMFormer classifier's `create_model`; tasks pass theirs, e.g.
+    `create_segmentation_model`), which validates the field names and values.
 
     Raises:
       ConfigError: unknown model name or option, or a bad value (one line).
@@ -94,7 +100,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modul
     if "param_dtype" in kwargs:
         kwargs["param_dtype"] = DTYPES[kwargs["param_dtype"]]
     try:
-        return create_model(
+        return create(
             config.model.name,
             num_classes=num_classes,
             dtype=DTYPES[compute_dtype(config)],

@@ -32,6 +32,14 @@ def normalize_images(images: jax.Array, mean, std) -> jax.Array:
     return (images.astype(jnp.float32) / 255.0 - mean) / std
 
 
+def model_rngs(task: Task, rng: jax.Array) -> dict[str, jax.Array]:
+    """The model's training RNG streams (`Task.rng_names`): the step's key for the
+    first (``drop_path``, unchanged from before other streams existed), keys folded
+    from it (``fold_in(rng, i)``) for the others (e.g. the heads' ``dropout``)."""
+    names = tuple(task.rng_names)
+    return {name: rng if i == 0 else jax.random.fold_in(rng, i) for i, name in enumerate(names)}
+
+
 def _train_step(
     state: TrainState,
     batch: dict[str, jax.Array],
@@ -56,7 +64,7 @@ def _train_step(
             {"params": params, "batch_stats": state.batch_stats},
             images,
             train=True,
-            rngs={"drop_path": rng},
+            rngs=model_rngs(task, rng),
             mutable=["batch_stats"],
         )
         loss, task_metrics = task.loss(outputs, batch)
