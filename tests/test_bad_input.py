@@ -67,7 +67,7 @@ def cases(tmp_path_factory):
         "indivisible_batch": ([*sr.TINY, "--config.batch_size=18"], None,
                               ["batch_size=18 is not divisible by the 4 devices", "--config.batch_size=20"]),
         "unknown_task": ([*sr.TINY, "--config.task=segmentaton"], None,
-                         ["config.task='segmentaton' is not a task", "['classification']"]),
+                         ["config.task='segmentaton' is not a task", "'classification', 'segmentation'"]),
         "unknown_dataset": ([*sr.TINY, "--config.data.name=imagenet2013", f"--config.data.data_dir={empty}"], None,
                             ["unknown TFDS dataset 'imagenet2013'", "--config.data.name"]),
         "dataset_not_prepared": ([*sr.TINY, *imagenet, f"--config.data.data_dir={empty}"], None,
