@@ -144,25 +144,6 @@ def dataset_info(config) -> DatasetInfo:
     )
 
 
-def _check_process(process_index: int, process_count: int) -> None:
-    if process_count < 1 or not 0 <= process_index < process_count:
-        raise DataError(f"process_index {process_index} is outside 0..{process_count - 1}; "
-                        "pass jax.process_index() and jax.process_count()")
-
-
-def num_shards(config, process_count: int) -> int:
-    """``config.data.num_shards`` (None: ``process_count``), checked against the layout."""
-    shards = config.data.get("num_shards", None) or process_count
-    if shards % process_count:
-        raise DataError(f"data.num_shards={shards} does not divide by the {process_count} processes; set "
-                        f"--config.data.num_shards to a multiple of {process_count}")
-    if config.batch_size % shards:
-        by = f"the {process_count} processes" if shards == process_count else f"data.num_shards={shards}"
-        raise DataError(f"batch_size={config.batch_size} does not divide by {by}; use a "
-                        f"batch_size that is a multiple of {shards}")
-    return shards
-
-
 def make_train_iterator(config, *, start_step: int, process_index: int,
                         process_count: int) -> Iterator[dict[str, np.ndarray]]:
     """Infinite per-process training batches, the first one for step ``start_step``.
@@ -173,20 +154,16 @@ def make_train_iterator(config, *, start_step: int, process_index: int,
     S = data.image_size. Process p holds shards [p*N/P, (p+1)*N/P) of N = data.num_shards,
     so the global batch at a step is the same for any process count.
     """
-    _check_process(process_index, process_count)
+    pipeline.check_process(process_index, process_count)
     if start_step < 0:
         raise DataError(f"start_step={start_step} is negative")
-    shards = num_shards(config, process_count)
+    shards = pipeline.num_shards(config, process_count)
     builder = get_builder(config)
-    smallest = min(builder.info.splits[s].num_examples for s in tfds.even_splits(config.data.train_split, shards))
-    if smallest == 0:
-        raise DataError(f"data.num_shards={shards} is more than the {config.data.train_split!r} examples; "
-                        "lower --config.data.num_shards")
-    per_process = shards // process_count
+    local = pipeline.local_shards(builder, config, shards, process_index, process_count)
     return pipeline.train_iterator(
         builder,
         config,
-        shards=range(process_index * per_process, (process_index + 1) * per_process),
+        shards=local,
         num_shards=shards,
         shard_batch=config.batch_size // shards,
         num_classes=int(builder.info.features["label"].num_classes),
@@ -209,7 +186,7 @@ def make_eval_iterator(config, *, process_index: int,
     S = data.eval_image_size (None: image_size). Every eval example appears in exactly
     one process with mask True; every process yields the same number of batches.
     """
-    _check_process(process_index, process_count)
+    pipeline.check_process(process_index, process_count)
     global_batch = config.eval_batch_size or config.batch_size
     if global_batch % process_count:
         raise DataError(f"eval batch size {global_batch} does not divide by the {process_count} processes; set "

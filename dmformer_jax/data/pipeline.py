@@ -26,6 +26,7 @@ from absl import logging
 
 from dmformer_jax.data import augment as aug
 from dmformer_jax.data.randaugment import rand_augment
+from dmformer_jax.errors import DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
 _FOREVER = 2**62
@@ -228,15 +229,23 @@ def train_iterator(builder, config, *, shards: Sequence[int], num_shards: int, s
         for j in shards
     )
 
-    def concat(*parts):
-        return {
-            "image": tf.concat([p["image"] for p in parts], axis=0),
-            "label": tf.concat([p["label"] for p in parts], axis=0),
-            "pos": tf.stack([p["pos"] for p in parts], axis=0),
-        }
+    return zip_shard_batches(datasets, config, start_step=start_step, shard_batch=shard_batch)
 
-    ds = tf.data.Dataset.zip(datasets).map(_graph_fn(concat)).with_options(_options(config)).prefetch(AUTOTUNE)
-    last = np.full(len(datasets), start_step * shard_batch - 1, np.int64)
+
+def zip_shard_batches(datasets: Sequence[tf.data.Dataset], config, *, start_step: int,
+                      shard_batch: int) -> Iterator[dict[str, np.ndarray]]:
+    """This process's batches from its shards' datasets (each yielding dicts of
+    ``(shard_batch, ...)`` arrays plus ``pos``, the examples' stream positions): every
+    entry concatenated along axis 0 in shard order. Images the decoder dropped show as
+    gaps in ``pos``; they are counted (`DECODE_ERRORS`) and logged, never fatal."""
+
+    def concat(*parts):
+        out = {k: tf.concat([p[k] for p in parts], axis=0) for k in parts[0] if k != "pos"}
+        out["pos"] = tf.stack([p["pos"] for p in parts], axis=0)
+        return out
+
+    ds = tf.data.Dataset.zip(tuple(datasets)).map(_graph_fn(concat)).with_options(_options(config)).prefetch(AUTOTUNE)
+    last = np.full(len(datasets), int(start_step) * shard_batch - 1, np.int64)
     for batch in ds.as_numpy_iterator():
         pos = batch.pop("pos")  # [num local shards, shard_batch]
         skipped = int(np.sum(pos[:, -1] - last - shard_batch))
@@ -245,6 +254,37 @@ def train_iterator(builder, config, *, shards: Sequence[int], num_shards: int, s
             DECODE_ERRORS.add(skipped)
         last = pos[:, -1]
         yield batch
+
+
+def check_process(process_index: int, process_count: int) -> None:
+    """Raises `DataError` unless ``0 <= process_index < process_count``."""
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise DataError(f"process_index {process_index} is outside 0..{process_count - 1}; "
+                        "pass jax.process_index() and jax.process_count()")
+
+
+def num_shards(config, process_count: int) -> int:
+    """``config.data.num_shards`` (None: ``process_count``), checked against the layout."""
+    shards = config.data.get("num_shards", None) or process_count
+    if shards % process_count:
+        raise DataError(f"data.num_shards={shards} does not divide by the {process_count} processes; set "
+                        f"--config.data.num_shards to a multiple of {process_count}")
+    if config.batch_size % shards:
+        by = f"the {process_count} processes" if shards == process_count else f"data.num_shards={shards}"
+        raise DataError(f"batch_size={config.batch_size} does not divide by {by}; use a "
+                        f"batch_size that is a multiple of {shards}")
+    return shards
+
+
+def local_shards(builder, config, shards: int, process_index: int, process_count: int) -> range:
+    """The shard indices process ``process_index`` reads; raises `DataError` when a
+    shard of the train split would be empty."""
+    split = config.data.train_split
+    if min(builder.info.splits[s].num_examples for s in tfds.even_splits(split, shards)) == 0:
+        raise DataError(f"data.num_shards={shards} is more than the {split!r} examples; "
+                        "lower --config.data.num_shards")
+    per_process = shards // process_count
+    return range(process_index * per_process, (process_index + 1) * per_process)
 
 
 def eval_iterator(builder, config, *, split: str, size: int, crop_pct: float, batch: int,

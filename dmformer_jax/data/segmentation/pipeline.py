@@ -30,11 +30,10 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from absl import logging
 
 from dmformer_jax.data import augment as aug
 from dmformer_jax.data import pipeline as cls_pipeline
-from dmformer_jax.data.pipeline import DECODE_ERRORS, transfer_dtype
+from dmformer_jax.data.pipeline import transfer_dtype
 from dmformer_jax.data.segmentation import shapes  # noqa: F401  (registers 'dmformer_seg_shapes')
 from dmformer_jax.data.segmentation import transforms as T
 from dmformer_jax.data.segmentation.ade20k import ARCHIVE as ADE_ARCHIVE
@@ -307,23 +306,6 @@ def train_shard_dataset(builder, config, *, shard: int, num_shards: int, shard_b
     return ds.batch(shard_batch, drop_remainder=True)
 
 
-def _check_process(process_index: int, process_count: int) -> None:
-    if process_count < 1 or not 0 <= process_index < process_count:
-        raise DataError(f"process_index {process_index} is outside 0..{process_count - 1}; "
-                        "pass jax.process_index() and jax.process_count()")
-
-
-def _num_shards(config, process_count: int) -> int:
-    shards = config.data.get("num_shards", None) or process_count
-    if shards % process_count:
-        raise DataError(f"data.num_shards={shards} does not divide by the {process_count} processes; set "
-                        f"--config.data.num_shards to a multiple of {process_count}")
-    if config.batch_size % shards:
-        raise DataError(f"batch_size={config.batch_size} does not divide by data.num_shards={shards}; use a "
-                        f"batch_size that is a multiple of {shards}")
-    return shards
-
-
 def make_train_iterator(config, *, start_step: int, process_index: int,
                         process_count: int) -> Iterator[dict[str, np.ndarray]]:
     """Infinite per-process training batches, the first one for step ``start_step``.
@@ -334,45 +316,20 @@ def make_train_iterator(config, *, start_step: int, process_index: int,
     S = data.image_size. The global batch at a step depends on data.num_shards, not
     on the process count.
     """
-    _check_process(process_index, process_count)
-    if config.batch_size % process_count:
-        raise DataError(f"batch_size={config.batch_size} does not divide by the {process_count} processes; use "
-                        f"a multiple of {process_count}")
+    cls_pipeline.check_process(process_index, process_count)
     if start_step < 0:
         raise DataError(f"start_step={start_step} is negative")
-    shards = _num_shards(config, process_count)
+    shards = cls_pipeline.num_shards(config, process_count)
     builder = get_builder(config)
-    smallest = min(builder.info.splits[s].num_examples for s in tfds.even_splits(config.data.train_split, shards))
-    if smallest == 0:
-        raise DataError(f"data.num_shards={shards} is more than the {config.data.train_split!r} examples; "
-                        "lower --config.data.num_shards")
-    per_process = shards // process_count
+    local = cls_pipeline.local_shards(builder, config, shards, process_index, process_count)
     shard_batch = config.batch_size // shards
     datasets = tuple(
         train_shard_dataset(builder, config, shard=j, num_shards=shards, shard_batch=shard_batch,
                             start_step=int(start_step))
-        for j in range(process_index * per_process, (process_index + 1) * per_process)
+        for j in local
     )
 
-    def concat(*parts):
-        return {"image": tf.concat([p["image"] for p in parts], 0), "label": tf.concat([p["label"] for p in parts], 0),
-                "pos": tf.stack([p["pos"] for p in parts], 0)}
-
-    ds = tf.data.Dataset.zip(datasets).map(cls_pipeline._graph_fn(concat))
-    ds = ds.with_options(cls_pipeline._options(config)).prefetch(AUTOTUNE)
-
-    def batches():
-        last = np.full(len(datasets), int(start_step) * shard_batch - 1, np.int64)
-        for batch in ds.as_numpy_iterator():
-            pos = batch.pop("pos")
-            skipped = int(np.sum(pos[:, -1] - last - shard_batch))
-            if skipped:
-                logging.warning("skipped %d undecodable training image(s)", skipped)
-                DECODE_ERRORS.add(skipped)
-            last = pos[:, -1]
-            yield batch
-
-    return batches()
+    return cls_pipeline.zip_shard_batches(datasets, config, start_step=int(start_step), shard_batch=shard_batch)
 
 
 # --------------------------------------------------------------------- evaluation
@@ -496,7 +453,7 @@ def make_eval_iterator(config, *, process_index: int, process_count: int) -> Ite
     The metric: resize logits[:h, :w] bilinearly to (H, W), argmax, and count against
     label[:H, :W] (`dmformer_jax.metrics.segmentation`; padding pixels are 255 anyway).
     """
-    _check_process(process_index, process_count)
+    cls_pipeline.check_process(process_index, process_count)
     builder, fields, records, plan, b = _eval_setup(config, process_count)
     uint8 = transfer_dtype(config) == "uint8"
     features_dtype = tf.uint8 if uint8 else tf.float32
