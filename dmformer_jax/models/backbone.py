@@ -8,6 +8,7 @@ Layout (docs/architecture.md): stem (stride 4) -> 4 stages of MetaFormer blocks 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -104,7 +105,41 @@ class Block(nn.Module):
         return x + drop_path(y, deterministic=not train)
 
 
-class Backbone(nn.Module):
+class BackboneFields(nn.Module):
+    """The backbone's architecture fields, declared once.
+
+    `Backbone`, the classifier `DMFormer` and `DMFormerSegmentation` inherit them, so a
+    model holding a backbone configures it with `backbone_fields` and every backbone
+    knob is a field (and a config field) of every model. Not a layer by itself.
+    Field meanings: `Backbone`.
+    """
+
+    depths: Sequence[int] = (2, 2, 8, 2)
+    widths: Sequence[int] = (64, 128, 320, 512)
+    drop_path_rate: float = 0.0
+    layer_scale_init: float = 1e-5
+    mlp_ratio: float = 4.0
+    stem_hidden_width: int | None = None
+    expand_ratio: int = 3
+    kernel_sizes: Sequence[int] = (3, 5, 7)
+    dilations: Sequence[int] = (1, 2, 3)
+    fusion: str = "split"
+    gate_reduction: int = 4
+    inner_residual: bool = True
+    depthwise_impl: str = "auto"
+    conv_impl: str = "auto"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def backbone_fields(self) -> dict[str, Any]:
+        """This module's backbone fields by name, for ``Backbone(**..., name='backbone')``."""
+        return {name: getattr(self, name) for name in BACKBONE_FIELD_NAMES}
+
+
+BACKBONE_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(BackboneFields) if f.name not in ("parent", "name"))
+
+
+class Backbone(BackboneFields):
     """DMFormer trunk: images -> the four stage maps (strides 4, 8, 16, 32).
 
     Attributes:
@@ -126,23 +161,7 @@ class Backbone(nn.Module):
       param_dtype: parameter dtype.
     """
 
-    depths: Sequence[int] = (2, 2, 8, 2)
-    widths: Sequence[int] = (64, 128, 320, 512)
-    drop_path_rate: float = 0.0
-    layer_scale_init: float = 1e-5
-    mlp_ratio: float = 4.0
-    stem_hidden_width: int | None = None
-    expand_ratio: int = 3
-    kernel_sizes: Sequence[int] = (3, 5, 7)
-    dilations: Sequence[int] = (1, 2, 3)
-    fusion: str = "split"
-    gate_reduction: int = 4
-    inner_residual: bool = True
-    depthwise_impl: str = "auto"
-    conv_impl: str = "auto"
     out_norms: bool = False
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, images: Array, train: bool = False) -> dict[str, Array]:

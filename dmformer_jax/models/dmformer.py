@@ -9,22 +9,18 @@ so a classifier's backbone loads into them by path (`dmformer_jax.models.pretrai
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Sequence
-
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from dmformer_jax.models.backbone import (  # noqa: F401  (re-exported: the old home)
-    FEATURE_NAMES, FEATURE_STRIDES, Backbone, Block, Downsample, Stem,
+    FEATURE_NAMES, FEATURE_STRIDES, Backbone, BackboneFields, Block, Downsample, Stem,
 )
 from dmformer_jax.models.heads import ClassifierHead
 
 Array = jax.Array
 
 
-class DMFormer(nn.Module):
+class DMFormer(BackboneFields):
     """DMFormer image classifier: `Backbone` (``backbone``) + `ClassifierHead` (``head``).
 
     Every field but ``num_classes`` is the backbone's; ``method="features"`` (or
@@ -46,23 +42,7 @@ class DMFormer(nn.Module):
       param_dtype: parameter dtype.
     """
 
-    depths: Sequence[int] = (2, 2, 8, 2)
-    widths: Sequence[int] = (64, 128, 320, 512)
     num_classes: int = 1000
-    drop_path_rate: float = 0.0
-    layer_scale_init: float = 1e-5
-    mlp_ratio: float = 4.0
-    stem_hidden_width: int | None = None
-    expand_ratio: int = 3
-    kernel_sizes: Sequence[int] = (3, 5, 7)
-    dilations: Sequence[int] = (1, 2, 3)
-    fusion: str = "split"
-    gate_reduction: int = 4
-    inner_residual: bool = True
-    depthwise_impl: str = "auto"
-    conv_impl: str = "auto"
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, images: Array, train: bool = False, features_only: bool = False):
@@ -79,9 +59,7 @@ class DMFormer(nn.Module):
           when ``num_classes == 0``), or with ``features_only`` a dict
           ``{'stage_i': (B, H/s_i, W/s_i, widths[i])}`` for strides 4, 8, 16, 32.
         """
-        # Every field but num_classes is the backbone's, passed through by name.
-        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(Backbone) if f.name in _BACKBONE_FIELDS}
-        backbone = Backbone(**shared, name="backbone")
+        backbone = Backbone(**self.backbone_fields(), name="backbone")
         features = backbone(images, train=train)
         if features_only:
             return features
@@ -92,7 +70,3 @@ class DMFormer(nn.Module):
         """The four stage maps (strides 4, 8, 16, 32); see ``__call__``."""
         return self(images, train=train, features_only=True)
 
-
-# The classifier's fields that configure its backbone (all but num_classes; the
-# backbone's out_norms stays off for classification).
-_BACKBONE_FIELDS = frozenset(f.name for f in dataclasses.fields(DMFormer)) - {"parent", "name", "num_classes"}

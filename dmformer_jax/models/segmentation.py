@@ -19,14 +19,12 @@ Training needs ``rngs={'drop_path': k1, 'dropout': k2}`` and ``mutable=['batch_s
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from dmformer_jax.models.backbone import FEATURE_STRIDES, Backbone
+from dmformer_jax.models.backbone import FEATURE_STRIDES, Backbone, BackboneFields
 from dmformer_jax.models.seg_heads import FCNHead, SemanticFPNHead, UPerHead
 
 Array = jax.Array
@@ -35,7 +33,7 @@ HEADS = ("fpn", "upernet")
 DEFAULT_CHANNELS = {"fpn": 128, "upernet": 512}  # mmseg's fpn_r50 / upernet configs
 
 
-class DMFormerSegmentation(nn.Module):
+class DMFormerSegmentation(BackboneFields):
     """Semantic segmentation: `Backbone` + `SemanticFPNHead` or `UPerHead` (+ `FCNHead`).
 
     Backbone attributes are `DMFormer`'s (depths ... conv_impl); the backbone always
@@ -56,20 +54,6 @@ class DMFormerSegmentation(nn.Module):
         by the segmentation task.
     """
 
-    depths: Sequence[int] = (2, 2, 8, 2)
-    widths: Sequence[int] = (64, 128, 320, 512)
-    drop_path_rate: float = 0.0
-    layer_scale_init: float = 1e-5
-    mlp_ratio: float = 4.0
-    stem_hidden_width: int | None = None
-    expand_ratio: int = 3
-    kernel_sizes: Sequence[int] = (3, 5, 7)
-    dilations: Sequence[int] = (1, 2, 3)
-    fusion: str = "split"
-    gate_reduction: int = 4
-    inner_residual: bool = True
-    depthwise_impl: str = "auto"
-    conv_impl: str = "auto"
     head: str = "fpn"
     num_classes: int = 150
     channels: int | None = None
@@ -80,8 +64,6 @@ class DMFormerSegmentation(nn.Module):
     aux_in_index: int = 2
     aux_channels: int = 256
     aux_loss_weight: float = 0.4
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
 
     @property
     def has_aux_head(self) -> bool:
@@ -92,8 +74,7 @@ class DMFormerSegmentation(nn.Module):
         """Segment ``images`` ``(B, H, W, 3)`` (sides divisible by 32); see the module doc."""
         if self.head not in HEADS:
             raise ValueError(f"unknown segmentation head {self.head!r}; valid heads: {', '.join(HEADS)}")
-        shared = {name: getattr(self, name) for name in _BACKBONE_FIELDS}
-        features = Backbone(**shared, out_norms=True, name="backbone")(images, train=train)
+        features = Backbone(**self.backbone_fields(), out_norms=True, name="backbone")(images, train=train)
         kw = dict(num_classes=self.num_classes, dropout_rate=self.dropout_rate,
                   dtype=self.dtype, param_dtype=self.param_dtype)
         channels = DEFAULT_CHANNELS[self.head] if self.channels is None else int(self.channels)
@@ -123,8 +104,3 @@ def split_outputs(outputs: Any) -> tuple[Array, Array | None]:
 
 OUTPUT_STRIDE = FEATURE_STRIDES[0]  # the main logits' stride
 
-
-_BACKBONE_FIELDS = tuple(
-    f.name for f in dataclasses.fields(Backbone)
-    if f.name in {g.name for g in dataclasses.fields(DMFormerSegmentation)} and f.name not in ("parent", "name")
-)
