@@ -120,7 +120,7 @@ def load(
 
 def export(
     path: str,
-    model: DMFormer,
+    model: DMFormer | DMFormerSegmentation,
     variables: Mapping[str, Any],
     *,
     image_size: int = 224,
@@ -130,7 +130,8 @@ def export(
     config: Mapping[str, Any] | None = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> str:
-    """Writes ``variables`` of ``model`` as a standalone file that `load` reads back.
+    """Writes ``variables`` of ``model`` (a classifier or a segmentation model) as a
+    standalone file that `load` reads back.
 
     ``path`` ending in ``.safetensors``: one file, PyTorch state-dict names/layouts,
     the metadata record as JSON in the header. Any other ``path``: a folder holding
