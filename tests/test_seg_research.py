@@ -184,6 +184,7 @@ def test_segment_matches_an_independent_pytorch_evaluation():
 # ----------------------------------------------------------------- plot
 
 
+@pytest.mark.slow  # builds dmformer_seg_shapes (~12 s) and compiles 2 image sizes: ~50 s on 2 loaded cores
 def test_plot_draws_predictions_and_curves_of_a_segmentation_workdir(seg_run, tmp_path, capsys):
     import tensorflow_datasets as tfds
     from PIL import Image
