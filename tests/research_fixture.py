@@ -78,3 +78,52 @@ def cached_checkpoint(tmp_path_factory) -> tuple[str, dict]:
         arrays = make_checkpoint(str(workdir))
         arrays_file.write_bytes(pickle.dumps(arrays))
     return str(workdir), pickle.loads(arrays_file.read_bytes())
+
+
+# ------------------------------------------------------------------ segmentation
+
+SEG_CLASSES = 7  # dmformer_seg_shapes
+SEG_STEP = 5
+
+
+def seg_config(data_dir: str):
+    """configs/seg_default.py (Semantic FPN on dmformer_tiny_test, `dmformer_seg_shapes`
+    at 64) reading its data from ``data_dir``."""
+    from configs.seg_default import get_config
+
+    config = get_config()
+    config.data.data_dir = str(data_dir)
+    config.optim.ema_decay = 0.9
+    return config
+
+
+def make_seg_checkpoint(workdir: str, data_dir: str) -> dict:
+    """Saves one segmentation checkpoint into ``workdir`` as the trainer does (random
+    weights, no training, no dataset needed); returns its arrays as NumPy."""
+    from dmformer_jax import checkpoint as ckpt
+    from dmformer_jax.tasks import SegmentationTask
+    from dmformer_jax.train import state as state_lib
+    from dmformer_jax.train.loop import checkpoint_meta
+
+    config = seg_config(data_dir)
+    info = type("Info", (), {"num_classes": SEG_CLASSES})()
+    model = SegmentationTask().build_model(config, info)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
+    rng = np.random.default_rng(1)
+    # Large enough weights that the class maps vary within an image.
+    params = jax.tree.map(lambda s: rng.normal(0, 0.3, s.shape).astype(s.dtype), shapes["params"])
+    stats = jax.tree.map(lambda s: rng.uniform(0.5, 1.5, s.shape).astype(s.dtype), shapes["batch_stats"])
+    ema = jax.tree.map(lambda x: x + rng.normal(0, 0.05, x.shape).astype(x.dtype), params)
+    # Stateless SGD and one device: Orbax saves each array with its own small program,
+    # so fewer arrays and devices keep this fixture cheap (`load` never reads opt_state).
+    state = state_lib.TrainState(
+        step=jnp.asarray(SEG_STEP, jnp.int32), params=params, batch_stats=stats,
+        opt_state=optax.sgd(1e-3).init(params), ema_params=ema, rng=jax.random.key_data(jax.random.key(1)),
+    )
+    state = jax.device_put(state, jax.devices()[0])
+    mngr = ckpt.make_manager(workdir, async_checkpointing=False)
+    ckpt.save(mngr, SEG_STEP, state, checkpoint_meta(config, SEG_CLASSES, SEG_STEP, model), force=True)
+    mngr.wait_until_finished()
+    mngr.close()
+    return {"params": jax.tree.map(np.asarray, state.params), "ema_params": jax.tree.map(np.asarray, ema),
+            "batch_stats": jax.tree.map(np.asarray, stats)}

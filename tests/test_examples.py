@@ -2,8 +2,9 @@
 
 Every ```python block of docs/research-use.md is executed in order, as one script, in
 a fresh process with ONE device, in a folder where ``runs/digits`` is a checkpoint
-saved from 8 devices by the trainer's helpers; the blocks' own asserts check the
-results (JAX/PyTorch logits within 1e-4, exports bit-exact, head shapes). The linear
+saved from 8 devices by the trainer's helpers (``runs/seg``: a segmentation one); the
+blocks' own asserts check the results (JAX/PyTorch logits within 1e-4, exports
+bit-exact, head shapes, class-map sizes). The linear
 probe example must beat chance (10%) by a wide margin on the validation split.
 """
 
@@ -36,6 +37,7 @@ def runs_dir(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("research_cwd")
     (cwd / "runs").mkdir()
     os.symlink(workdir, cwd / "runs" / "digits")
+    research_fixture.make_seg_checkpoint(str(cwd / "runs" / "seg"), str(cwd / "tfds"))  # never reads data
     return cwd
 
 
@@ -54,6 +56,7 @@ def test_doc_blocks_run(runs_dir):
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     assert "dmformer_tiny_test 10 (4, 10)" in p.stdout
     assert "reset: params/head/fc/bias, params/head/fc/kernel" in p.stdout
+    assert "DMFormerSegmentation segmentation 7" in p.stdout
 
 
 def test_linear_probe_example(runs_dir):

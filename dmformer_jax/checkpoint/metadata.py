@@ -4,9 +4,10 @@ One schema for training steps (the ``meta`` item) and exports (``dmformer.json``
 safetensors header)::
 
     format           "dmformer_jax/2"
-    task             "classification"
-    variant          registry name the architecture matches, or None (informational)
-    architecture     every `DMFormer` field (dtypes by name): rebuilds the model
+    task             "classification" (a `DMFormer`) or "segmentation" (a
+                     `DMFormerSegmentation`): which module `model_from_metadata` builds
+    variant          registry name the backbone matches, or None (informational)
+    architecture     every field of that module (dtypes by name): rebuilds the model
                      without the registry, so a later change to `VARIANTS` cannot
                      silently change an old checkpoint
     num_classes, dataset, image_size, eval_image_size, crop_pct, mean, std
@@ -27,16 +28,20 @@ from typing import Any, Mapping, Sequence
 import jax.numpy as jnp
 
 from dmformer_jax.errors import CheckpointError
-from dmformer_jax.models import VARIANTS, DMFormer, create_model
+import flax.linen as nn
+
+from dmformer_jax.models import VARIANTS, DMFormer, DMFormerSegmentation, create_model
 from dmformer_jax.models.backbone import stem_hidden_width
 
 FORMAT = "dmformer_jax/2"
 TRAIN_V1 = "dmformer_jax.train/1"
 EXPORT_V1 = "dmformer_jax.export/1"
 DEFAULT_TASK = "classification"
+# The module each task's checkpoints hold (the record's ``task`` picks it).
+MODEL_CLASSES: dict[str, type[nn.Module]] = {"classification": DMFormer, "segmentation": DMFormerSegmentation}
 
 
-def architecture_of(model: DMFormer) -> dict[str, Any]:
+def architecture_of(model: nn.Module) -> dict[str, Any]:
     """The fields of ``model`` (a `DMFormer`, or any task's Flax module) as JSON-friendly
     values (dtypes by name)."""
     arch: dict[str, Any] = {}
@@ -65,29 +70,47 @@ def variant_name(arch: Mapping[str, Any]) -> str | None:
     return None
 
 
-def model_from_metadata(meta: Mapping[str, Any], **overrides: Any) -> DMFormer:
-    """The `DMFormer` a record describes (any schema version).
+def task_of(model: nn.Module) -> str:
+    """The task whose checkpoints hold ``model``'s class (`MODEL_CLASSES`); classification otherwise."""
+    for task, cls in MODEL_CLASSES.items():
+        if isinstance(model, cls):
+            return task
+    return DEFAULT_TASK
 
-    ``overrides``: `DMFormer` fields to change, e.g. ``num_classes=5``,
+
+def model_from_metadata(meta: Mapping[str, Any], **overrides: Any) -> nn.Module:
+    """The module a record describes (any schema version): a `DMFormer` for a
+    classification record, a `DMFormerSegmentation` for a segmentation one.
+
+    ``overrides``: fields to change, e.g. ``num_classes=5``,
     ``dtype=jnp.bfloat16``, ``depthwise_impl='xla'``.
+
+    Raises:
+      CheckpointError: a task or architecture field this version does not know.
     """
-    arch = dict(upgrade(meta)["architecture"])
+    meta = upgrade(meta)
+    task = meta.get("task") or DEFAULT_TASK
+    if task not in MODEL_CLASSES:
+        raise CheckpointError(f"the checkpoint's task {task!r} has no model here (known: "
+                              f"{', '.join(MODEL_CLASSES)}); upgrade dmformer_jax")
+    cls = MODEL_CLASSES[task]
+    arch = dict(meta["architecture"])
     arch.update(overrides)
     for key in ("dtype", "param_dtype"):
         if isinstance(arch.get(key), str):
             arch[key] = jnp.dtype(arch[key])
     # Tuples: the module is hashed (jit caches), lists are not hashable.
     arch = {k: tuple(v) if isinstance(v, list) else v for k, v in arch.items()}
-    known = {f.name for f in dataclasses.fields(DMFormer)}
+    known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(arch) - known)
     if unknown:
         raise CheckpointError(f"the checkpoint's architecture has fields this version does not know: {unknown}; "
                               "upgrade dmformer_jax")
-    return DMFormer(**arch)
+    return cls(**arch)
 
 
 def record(
-    model: DMFormer,
+    model: nn.Module,
     *,
     image_size: int,
     crop_pct: float,
@@ -98,13 +121,14 @@ def record(
     step: int | None = None,
     ema: bool = False,
     config: Mapping[str, Any] | None = None,
-    task: str = DEFAULT_TASK,
+    task: str | None = None,
 ) -> dict[str, Any]:
-    """A v2 record for ``model`` (see the module docstring for the fields)."""
+    """A v2 record for ``model`` (see the module docstring for the fields); ``task``
+    defaults to the one ``model``'s class belongs to (`task_of`)."""
     arch = architecture_of(model)
     return {
         "format": FORMAT,
-        "task": task,
+        "task": task or task_of(model),
         "variant": variant_name(arch),
         "architecture": arch,
         "num_classes": int(getattr(model, "num_classes", 0) or 0),

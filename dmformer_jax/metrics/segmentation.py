@@ -187,3 +187,12 @@ def logits_at_original_size(logits, image_hw, label_hw, input_hw, out_hw):
     x = logits.astype(jnp.float32)
     x = jnp.einsum("bih,bhwk->biwk", mh, x, precision=jax.lax.Precision.HIGHEST)
     return jnp.einsum("bjw,biwk->bijk", mw, x, precision=jax.lax.Precision.HIGHEST)
+
+
+def predicted_classes(logits, image_hw, label_hw, input_hw, out_hw):
+    """The class map the evaluation scores: argmax of `logits_at_original_size` (same
+    arguments), int32 [B, Hl, Wl]; pixels outside each (H, W) are 0 (padding)."""
+    import jax.numpy as jnp
+
+    full = logits_at_original_size(logits, image_hw, label_hw, input_hw, out_hw)
+    return jnp.argmax(full, axis=-1).astype(jnp.int32)

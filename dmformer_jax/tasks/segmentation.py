@@ -104,15 +104,14 @@ class SegmentationTask(Task):
     def eval_sums(self, outputs: Any, batch: Mapping[str, jax.Array], mask: jax.Array) -> Metrics:
         """Per-class ``intersection``/``union``/``pred_area``/``label_area`` (int32
         ``(K,)``) of the argmax of the logits resized to each image's original size
-        (`logits_at_original_size`), over non-ignored pixels of real examples; and
-        ``num_images``."""
+        (`metrics.segmentation.predicted_classes`, also behind `dmformer_jax.segment`),
+        over non-ignored pixels of real examples; and ``num_images``."""
         logits, _ = split_outputs(outputs)
         num_classes = logits.shape[-1]
         image, label = batch["image"], batch["label"]
-        full = seg_metrics.logits_at_original_size(
+        pred = seg_metrics.predicted_classes(
             logits, batch["image_hw"], batch["label_hw"], image.shape[1:3], label.shape[1:3]
         )
-        pred = jnp.argmax(full, axis=-1)
         valid = jnp.broadcast_to(mask[:, None, None] > 0, label.shape)
         counts = seg_metrics.area_counts(pred, label, num_classes, IGNORE_INDEX, valid=valid)
         return {**counts, "num_images": jnp.sum(mask)}

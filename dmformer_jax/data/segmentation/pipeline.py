@@ -417,6 +417,29 @@ def eval_shapes(config) -> list[tuple[tuple[int, int], tuple[int, int]]]:
     return sorted(set(plan.shapes))
 
 
+def align_resize(image, fields: SegFields) -> tuple[tf.Tensor, tf.Tensor]:
+    """The evaluation resize (PVT's AlignResize) of a decoded image float32 [H, W, 3] in
+    0..255: rescale to ``fields.eval_scale`` (`transforms.rescale_size`), then resize
+    again to both sides rounded up to multiples of ``fields.eval_size_divisor``.
+
+    Returns (image float32 [h', w', 3], integral 0..255, not normalised; int32 [2] (h', w')).
+    """
+    shape = tf.shape(image)
+    size = T.rescale_size(shape[0], shape[1], fields.eval_scale)
+    image = T.resize_image(image, size)
+    div = fields.eval_size_divisor
+    aligned = (size + div - 1) // div * div
+    return T.resize_image(image, aligned), aligned
+
+
+def eval_input(image, fields: SegFields, mean, std) -> np.ndarray:
+    """One image as the evaluation feeds it to the model, without padding: uint8
+    [H, W, 3] -> `align_resize` -> normalised with ``mean``/``std``: float32 [h', w', 3]
+    (`dmformer_jax.api.segment` runs on this)."""
+    image, _ = align_resize(tf.cast(tf.convert_to_tensor(image), tf.float32), fields)
+    return aug.normalize(image, mean, std).numpy()
+
+
 def eval_example(image, label, fields: SegFields, config, uint8: bool, padded_image_hw, padded_label_hw):
     """Decoded image float32 [H, W, 3] and label int32 [H, W] -> (image resized by
     AlignResize and padded to ``padded_image_hw``, label at the original size padded to
@@ -424,15 +447,33 @@ def eval_example(image, label, fields: SegFields, config, uint8: bool, padded_im
     if fields.reduce_zero_label:
         label = T.reduce_zero_label(label)
     shape = tf.shape(label)
-    size = T.rescale_size(shape[0], shape[1], fields.eval_scale)
-    image = T.resize_image(image, size)  # PVT's AlignResize: rescale, then resize to the aligned size
-    div = fields.eval_size_divisor
-    aligned = (size + div - 1) // div * div
-    image = T.resize_image(image, aligned)
+    image, aligned = align_resize(image, fields)
     image, _ = _finish(image, tf.zeros(aligned, tf.int32), padded_image_hw[0], padded_image_hw[1], config, uint8)
     label = tf.pad(label, [[0, padded_label_hw[0] - shape[0]], [0, padded_label_hw[1] - shape[1]]],
                    constant_values=T.IGNORE_INDEX)
     return image, label, aligned
+
+
+def eval_examples(config, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The first ``count`` examples of the eval split, decoded as the evaluation decodes
+    them: ``[(image uint8 [H, W, 3], label int32 [H, W])]`` at the original size, with
+    ``reduce_zero_label`` applied when configured (255 = ignore). For looking at
+    predictions (``python -m dmformer_jax.plot``)."""
+    builder = get_builder(config)
+    fields = seg_fields(config, builder)
+    skip = {"image": tfds.decode.SkipDecoding(), "segmentation_mask": tfds.decode.SkipDecoding()}
+    # One file at a time: the split's own order (as `make_eval_iterator`'s `index`).
+    read = tfds.ReadConfig(interleave_cycle_length=1)
+    ds = builder.as_dataset(split=config.data.eval_split, shuffle_files=False, decoders=skip,
+                            read_config=read).take(int(count))
+    out = []
+    for ex in ds:
+        image = aug.decode_image(ex["image"])
+        label = tf.cast(tf.io.decode_png(ex["segmentation_mask"], channels=1)[..., 0], tf.int32)
+        if fields.reduce_zero_label:
+            label = T.reduce_zero_label(label)
+        out.append((image.numpy(), label.numpy().astype(np.int32)))
+    return out
 
 
 def make_eval_iterator(config, *, process_index: int, process_count: int) -> Iterator[dict[str, np.ndarray]]:
