@@ -116,6 +116,7 @@ def validate_config(config: ml_collections.ConfigDict, *, device_count: int, pro
         raise ConfigError(f"config.optim.ema_decay={decay} must be in [0, 1) (e.g. 0.9999), or None for no EMA")
     if config.optim.grad_clip_norm is not None and config.optim.grad_clip_norm <= 0:
         raise ConfigError(f"config.optim.grad_clip_norm={config.optim.grad_clip_norm} must be positive or None")
+    optim.decay_rule(config)
     state_lib.compute_dtype(config)
 
 
