@@ -119,8 +119,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.optim.warmup_ratio = 1e-6  # poly only; cosine warms up from warmup_init_lr
     # Warm-up length in optimizer updates; None: warmup_epochs.
     config.optim.warmup_steps = ml_collections.FieldReference(None, field_type=int)
-    # Weight decay on every parameter (PoolFormer's segmentation recipe), not only kernels.
-    config.optim.decay_all_params = False
+    # Which parameters AdamW decays (dmformer_jax/train/optim.py): 'kernels' (conv/dense
+    # kernels: this recipe, timm's), 'all_but_norms' (all but LayerNorm/BatchNorm scales and
+    # biases: UperNet, Swin's mmseg config) or 'all' (Semantic FPN, PoolFormer's mmseg config).
+    config.optim.weight_decay_params = "kernels"
 
     # --- checkpoints, eval, logging -----------------------------------------
     config.checkpoint_every_steps = 1000

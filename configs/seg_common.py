@@ -20,14 +20,17 @@ import ml_collections
 
 from configs.common import _unset, get_base_config
 
-# Per head: (iterations, global batch, lr, weight decay, decay every param, schedule,
-# poly power, warm-up updates, eval/checkpoint interval). INFERRED, see the module doc.
+# Per head: (iterations, global batch, lr, weight decay, the parameters decayed
+# (optim.weight_decay_params), poly power, warm-up updates, eval/checkpoint interval).
+# INFERRED, see the module doc.
 RECIPES = {
-    # PoolFormer's sem_fpn config: AdamW 2e-4, wd 1e-4, poly 0.9 to 0, no warm-up, 40k x 32.
-    "fpn": dict(steps=40_000, batch=32, lr=2e-4, wd=1e-4, decay_all=True, power=0.9, warmup=0, every=4_000),
-    # Swin's UperNet config: AdamW 6e-5, wd 0.01 (no decay on norms), linear warm-up of
+    # PoolFormer's sem_fpn config: AdamW 2e-4, wd 1e-4 on every parameter, poly 0.9 to 0,
+    # no warm-up, 40k x 32.
+    "fpn": dict(steps=40_000, batch=32, lr=2e-4, wd=1e-4, decay="all", power=0.9, warmup=0, every=4_000),
+    # Swin's UperNet config: AdamW 6e-5, wd 0.01 with no decay on norms (paramwise_cfg
+    # norm decay_mult 0; conv biases and everything else decayed), linear warm-up of
     # 1,500 iterations from ratio 1e-6, poly 1.0 to 0, 160k x 16.
-    "upernet": dict(steps=160_000, batch=16, lr=6e-5, wd=0.01, decay_all=False, power=1.0, warmup=1_500,
+    "upernet": dict(steps=160_000, batch=16, lr=6e-5, wd=0.01, decay="all_but_norms", power=1.0, warmup=1_500,
                     every=16_000),
 }
 
@@ -90,7 +93,7 @@ def get_seg_config(head: str, backbone: str) -> ml_collections.ConfigDict:
     config.num_train_steps = r["steps"]
     config.optim.base_lr = r["lr"]
     config.optim.weight_decay = r["wd"]
-    config.optim.decay_all_params = r["decay_all"]
+    config.optim.weight_decay_params = r["decay"]
     config.optim.poly_power = r["power"]
     config.optim.warmup_steps = r["warmup"]
     config.optim.warmup_ratio = 1e-6

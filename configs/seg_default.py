@@ -37,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_train_steps = 1500
     config.optim.base_lr = 3e-3
     config.optim.weight_decay = 1e-4
-    config.optim.decay_all_params = False
+    config.optim.weight_decay_params = "kernels"
     config.optim.poly_power = 0.9
     config.optim.warmup_steps = 0
 

@@ -5,7 +5,9 @@ line on stderr that names the problem and the fix, exit status 2, no traceback, 
 the workdir untouched: a fresh workdir path is not even created; an existing one
 keeps every file with the same size and mtime. The cases run a few at a time (each is
 a fresh interpreter importing JAX/TF; only the checkpoint cases get as far as building
-the model, and none compiles a train step).
+the model, and none compiles a train step); with ``-k`` only the selected cases run.
+The two ADE20K cases prepare the dataset from a tiny broken archive (written by
+tests/test_seg_data.py's `write_archive`) on the first use, as a user's first run does.
 
 Unit-level checks of the same errors (parse_args, validate_config) are in
 tests/test_config.py; this file checks what the user actually sees.
@@ -45,17 +47,44 @@ def _write_checkpoint(workdir, *overrides: str, num_classes: int = 10, step: int
     mngr.close()
 
 
+def _selected(request) -> set[str]:
+    """The case names this session runs (``-k`` selects a few: only those are run)."""
+    names = set()
+    for item in request.session.items:
+        callspec = getattr(item, "callspec", None)
+        if item.module is request.module and callspec is not None and "name" in callspec.params:
+            names.add(callspec.params["name"])
+    return names or set(NAMES)
+
+
+def _ade_manual_dir(folder, **kwargs):
+    """A manual_dir holding a tiny, broken ADEChallengeData2016.zip (test_seg_data's writer)."""
+    from test_seg_data import write_archive
+
+    folder.mkdir()
+    write_archive(folder, **kwargs)
+    return folder
+
+
 @pytest.fixture(scope="module")
-def cases(tmp_path_factory):
-    """Runs every case (concurrently, 3 at a time); returns {name: (result, workdir, before)}."""
+def cases(tmp_path_factory, request):
+    """Runs the selected cases (concurrently, 3 at a time); returns {name: (result, workdir, before)}."""
     env = sr.session_env(tmp_path_factory.getbasetemp())
     root = tmp_path_factory.mktemp("bad_input")
+    selected = _selected(request)
     empty = root / "empty_dir"
     empty.mkdir()
     other_variant = root / "other_variant_run"
-    _write_checkpoint(other_variant, "--config.model.widths=(8,16,24,40)")
+    if "checkpoint_of_another_variant" in selected:
+        _write_checkpoint(other_variant, "--config.model.widths=(8,16,24,40)")
     pretrained_5 = root / "pretrained_5_classes"
-    _write_checkpoint(pretrained_5, num_classes=5)
+    if "init_from_num_classes_mismatch" in selected:
+        _write_checkpoint(pretrained_5, num_classes=5)
+
+    def ade(case, **kwargs):  # train.py on the ADE20K recipe's pipeline, prepared from a broken zip
+        manual = _ade_manual_dir(root / f"manual_{case}", **kwargs) if case in selected else root / "unused"
+        return ["--config", "configs/seg_default.py", "--config.data.name=ade20k", "--config.eval_batch_size=4",
+                f"--config.data.manual_dir={manual}", f"--config.data.data_dir={root / f'tfds_{case}'}"]
 
     imagenet = ["--config.data.name=imagenet2012"]
     specs = {
@@ -86,6 +115,15 @@ def cases(tmp_path_factory):
         [*sr.TINY, f"--config.init_from={pretrained_5}"], None,
         ["params/head", "--config.reset_head=True"],
     )
+    specs["ade20k_zip_without_annotations"] = (
+        ade("ade20k_zip_without_annotations", annotations=False), None,
+        ["ADEChallengeData2016.zip has no ADEChallengeData2016/annotations/training/ folder", "download it again"],
+    )
+    specs["ade20k_mask_of_another_size"] = (
+        ade("ade20k_mask_of_another_size", wrong_size="ADE_train_00000002"), None,
+        ["annotation ADEChallengeData2016/annotations/training/ADE_train_00000002.png is 41x72 but its image "
+         "is 41x71", "download it again"],
+    )
 
     def one(name):
         argv, workdir, needles = specs[name]
@@ -97,14 +135,15 @@ def cases(tmp_path_factory):
         cmd.append(f"--workdir={workdir}")
         return name, (sr.run(cmd, env, timeout=600), workdir, before, needles)
 
+    assert set(specs) == set(NAMES)
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
-        return dict(pool.map(one, specs))
+        return dict(pool.map(one, [name for name in specs if name in selected]))
 
 
 NAMES = [
     "unknown_key", "wrong_type", "indivisible_batch", "unknown_task", "unknown_dataset", "dataset_not_prepared",
     "missing_data_dir", "manual_dir_without_tars", "missing_config_file", "checkpoint_of_another_variant",
-    "init_from_num_classes_mismatch",
+    "init_from_num_classes_mismatch", "ade20k_zip_without_annotations", "ade20k_mask_of_another_size",
 ]
 
 

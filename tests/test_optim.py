@@ -143,3 +143,67 @@ def test_two_adamw_steps_use_the_configured_betas():
         np.testing.assert_allclose(updates["dense"]["kernel"], want, rtol=1e-5, err_msg=f"step {t}")
         p = p + want
         params = {"dense": {"kernel": jnp.asarray(p, jnp.float32)}}
+
+
+def _norm_module_paths(model, images) -> set[tuple[str, ...]]:
+    """The scope paths of every LayerNorm/BatchNorm/GroupNorm instance of ``model``,
+    found by type while it initialises (independent of how the layers are named)."""
+    import flax.linen as nn
+
+    found = set()
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, (nn.LayerNorm, nn.BatchNorm, nn.GroupNorm)):
+            found.add(tuple(context.module.scope.path))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda: model.init(jax.random.key(0), images))
+    return found
+
+
+@pytest.mark.parametrize("head", ["upernet", "fpn"])
+def test_weight_decay_rules_on_a_segmentation_model(head):
+    """Each rule's mask on a real UperNet / Semantic FPN parameter tree, against rules
+    written here: 'all_but_norms' decays every leaf not inside a normalisation layer
+    (found by type), 'kernels' only the >= 2-D 'kernel' leaves, 'all' everything."""
+    from configs.seg_common import get_seg_config
+    from dmformer_jax.tasks import get_task
+
+    class Info:
+        num_classes = 7
+
+    c = get_seg_config(head, "dmformer_tiny_test")
+    c.model.channels, c.model.aux_channels = 16, 8
+    model = get_task(c).build_model(c, Info())
+    images = jnp.zeros((1, 64, 64, 3))
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), images))["params"]
+    norms = _norm_module_paths(model, images)
+    leaves = [(tuple(k.key for k in path), leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]]
+    in_norm = {path: path[:-1] in norms for path, _ in leaves}
+    # The model has LayerNorms and BatchNorms in the backbone and (UperNet) the heads.
+    assert any(p[0] == "backbone" and p[-2].startswith("bn") for p in in_norm if in_norm[p])
+    assert any(p[0] == "backbone" and p[-2].startswith("norm") for p in in_norm if in_norm[p])
+    assert sum(in_norm.values()) >= 20 and sum(not v for v in in_norm.values()) >= 20
+
+    def flat(mask):
+        return {tuple(k.key for k in path): bool(m) for path, m in jax.tree_util.tree_flatten_with_path(mask)[0]}
+
+    assert flat(optim.weight_decay_mask(shapes, "all_but_norms")) == {p: not v for p, v in in_norm.items()}
+    assert flat(optim.weight_decay_mask(shapes, "kernels")) == {p: p[-1] == "kernel" and leaf.ndim > 1
+                                                               for p, leaf in leaves}
+    assert all(flat(optim.weight_decay_mask(shapes, "all")).values())
+    # What distinguishes the UperNet rule from the classification one: conv biases and
+    # layer scale are decayed, norm scales/biases never.
+    but_norms = flat(optim.weight_decay_mask(shapes, "all_but_norms"))
+    assert any(v for p, v in but_norms.items() if p[-1] == "bias" and p[-2] == "conv")
+    assert any(v for p, v in but_norms.items() if p[-1] == "gamma")
+
+
+def test_config_chooses_the_rule_and_classification_keeps_kernels_only():
+    from configs import ade20k_fpn_dmformer_t, ade20k_upernet_dmformer_t, digits, dmformer_s, seg_default
+
+    rules = {m.__name__: optim.decay_rule(m.get_config())
+             for m in (ade20k_fpn_dmformer_t, ade20k_upernet_dmformer_t, digits, dmformer_s, seg_default)}
+    assert rules == {"configs.ade20k_fpn_dmformer_t": "all", "configs.ade20k_upernet_dmformer_t": "all_but_norms",
+                     "configs.digits": "kernels", "configs.dmformer_s": "kernels", "configs.seg_default": "kernels"}

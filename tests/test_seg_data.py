@@ -58,8 +58,9 @@ def _png(array):
     return out.getvalue()
 
 
-def write_archive(folder, *, drop_annotation=None, wrong_size=None):
-    """A tiny ADEChallengeData2016.zip; returns {stem: (jpeg bytes, mask uint8 [H, W])}."""
+def write_archive(folder, *, drop_annotation=None, wrong_size=None, annotations=True):
+    """A tiny ADEChallengeData2016.zip (without any annotations/ folder when not
+    ``annotations``); returns {stem: (jpeg bytes, mask uint8 [H, W])}."""
     rng = np.random.default_rng(0)
     content = {}
     with zipfile.ZipFile(pathlib.Path(folder) / "ADEChallengeData2016.zip", "w") as z:
@@ -68,7 +69,7 @@ def write_archive(folder, *, drop_annotation=None, wrong_size=None):
             jpeg = _jpeg(pixels)
             mask = _mask(kind, h, w, rng)
             z.writestr(f"{ROOT}/images/{split}/{stem}.jpg", jpeg)
-            if stem != drop_annotation:
+            if annotations and stem != drop_annotation:
                 stored = mask if stem != wrong_size else np.zeros((h + 1, w), np.uint8)
                 z.writestr(f"{ROOT}/annotations/{split}/{stem}.png", _png(stored))
             content[stem] = (jpeg, mask)
@@ -145,6 +146,11 @@ def test_missing_zip_is_a_one_line_data_error(tmp_path):
 def test_missing_annotation_is_a_one_line_data_error(tmp_path):
     message = _prepare_error(tmp_path, drop_annotation="ADE_val_00000002")
     assert "ADE_val_00000002.jpg has no annotation" in message and "ADE_val_00000002.png" in message
+
+
+def test_archive_without_annotations_is_a_one_line_data_error(tmp_path):
+    message = _prepare_error(tmp_path, annotations=False)
+    assert "has no ADEChallengeData2016/annotations/training/ folder" in message and "download it again" in message
 
 
 def test_mask_of_another_size_is_a_one_line_data_error(tmp_path):

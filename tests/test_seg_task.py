@@ -206,11 +206,11 @@ def test_recipe_values_follow_the_issue_table():
     c = fpn.get_config()
     assert (c.num_train_steps, c.batch_size, c.optim.base_lr, c.optim.weight_decay) == (40_000, 32, 2e-4, 1e-4)
     assert (c.optim.schedule, c.optim.poly_power, c.optim.warmup_steps, c.eval_every_steps) == ("poly", 0.9, 0, 4000)
-    assert c.optim.decay_all_params and c.model.name == "dmformer_s" and c.model.drop_path_rate is None
+    assert c.optim.weight_decay_params == "all" and c.model.name == "dmformer_s" and c.model.drop_path_rate is None
     u = upernet.get_config()
     assert (u.num_train_steps, u.batch_size, u.optim.base_lr, u.optim.weight_decay) == (160_000, 16, 6e-5, 0.01)
     assert (u.optim.poly_power, u.optim.warmup_steps, u.optim.warmup_ratio, u.eval_every_steps) == (1.0, 1500, 1e-6, 16_000)
-    assert not u.optim.decay_all_params and u.model.drop_path_rate == 0.3
+    assert u.optim.weight_decay_params == "all_but_norms" and u.model.drop_path_rate == 0.3
     # lr is not scaled by batch in the segmentation recipes
     plan = optim.plan_steps(u, 20_210)
     assert plan.peak_lr == pytest.approx(6e-5) and plan.warmup_updates == 1500
@@ -315,25 +315,35 @@ def test_poly_schedule_matches_mmcv_formula(power, warmup):
         optim.learning_rate_schedule(c, plan)
 
 
-def test_decay_all_params_decays_biases_too():
+def test_weight_decay_params_rules_in_one_adamw_step():
+    """Zero gradients: AdamW's update is -lr * wd * param exactly on the decayed leaves."""
     from configs.seg_common import get_seg_config
 
     c = get_seg_config("fpn", "dmformer_tiny_test")
-    c.num_train_steps, c.optim.schedule, c.optim.base_lr, c.optim.weight_decay = 10, "cosine", 0.0, 0.5
+    c.num_train_steps, c.optim.schedule, c.optim.base_lr, c.optim.weight_decay = 10, "cosine", 0.1, 0.5
     c.optim.warmup_steps, c.optim.min_lr = 0, 0.0
-    params = {"conv": {"kernel": jnp.ones((3, 3)), "bias": jnp.ones((3,))}}
+    params = {"conv": {"kernel": jnp.ones((3, 3)), "bias": jnp.ones((3,))},
+              "norm1": {"scale": jnp.ones((3,)), "bias": jnp.ones((3,))}}
     grads = jax.tree.map(jnp.zeros_like, params)
 
-    def step(decay_all):
-        c.optim.decay_all_params = decay_all
-        c.optim.base_lr = 0.1
+    def step(rule):
+        c.optim.weight_decay_params = rule
         tx, _ = optim.make_optimizer(c, optim.plan_steps(c, 100))
         updates, _ = tx.update(grads, tx.init(params), params)
-        return jax.tree.map(lambda u: float(u.ravel()[0]), updates)
+        return {k: {n: float(u.ravel()[0]) for n, u in v.items()} for k, v in updates.items()}
 
-    only_kernels, every = step(False), step(True)
-    assert only_kernels["conv"]["bias"] == 0.0 and only_kernels["conv"]["kernel"] == pytest.approx(-0.05)
-    assert every["conv"]["bias"] == pytest.approx(-0.05) and every["conv"]["kernel"] == pytest.approx(-0.05)
+    decay = pytest.approx(-0.05)
+    kernels, but_norms, every = step("kernels"), step("all_but_norms"), step("all")
+    assert kernels == {"conv": {"kernel": decay, "bias": 0.0}, "norm1": {"scale": 0.0, "bias": 0.0}}
+    assert but_norms == {"conv": {"kernel": decay, "bias": decay}, "norm1": {"scale": 0.0, "bias": 0.0}}
+    assert every == {"conv": {"kernel": decay, "bias": decay}, "norm1": {"scale": decay, "bias": decay}}
+    c.optim.weight_decay_params = "biases"
+    with pytest.raises(ConfigError, match="weight_decay_params='biases'"):
+        validate_config(c, device_count=1, process_count=1)
+    # A config saved before the field existed keeps its meaning.
+    del c.optim["weight_decay_params"]
+    c.optim.decay_all_params = True
+    assert optim.decay_rule(c) == "all"
 
 
 # ----------------------------------------------------------------- train.py end to end

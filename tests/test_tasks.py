@@ -192,3 +192,65 @@ def test_a_train_batch_without_the_task_entries_stops_before_the_first_step(tmp_
     config = syn.tiny_config(num_train_steps=2)
     with pytest.raises(DataError, match=r"^train batches have entries \['image'\] but task 'classification'"):
         loop.train_and_evaluate(config, str(tmp_path), data=NoLabels())
+
+
+def test_eval_totals_add_up_on_the_host_in_int64_past_2_31():
+    """Per-batch int32 counts near 2**30 over 5 batches: the totals the task receives
+    are exact int64 (> 2**32) and float sums float64. Summed in int32 on the device
+    they would wrap around (JAX runs without x64)."""
+    from dmformer_jax.train import mesh as mesh_lib
+
+    k = 3
+    per_batch = [np.array([2**30 + i, 2**31 - 1 - i, 7 * i], np.int32) for i in range(5)]
+    floats = [np.float32(0.1) * (i + 1) for i in range(5)]
+    seen = []
+
+    class Counts(Task):
+        name = "counts"
+        eval_keys = ("image", "mask")
+
+        def build_model(self, config, info):
+            raise NotImplementedError
+
+        def loss(self, outputs, batch):
+            raise NotImplementedError
+
+        def eval_sums(self, outputs, batch, mask):
+            raise NotImplementedError
+
+        def finalize(self, totals):
+            seen.append(totals)
+            return {"done": 1.0}
+
+        def eval_target_spec(self, config, batch_size):
+            return {}
+
+        def progress_fields(self, metrics):
+            return []
+
+        def eval_summary(self, metrics):
+            return ""
+
+    class Data:
+        @staticmethod
+        def make_eval_iterator(config, *, process_index, process_count):
+            for i in range(5):
+                yield {"image": np.full((8, 2), i, np.float32), "mask": np.ones(8, bool)}
+
+    def eval_step(state, batch):  # device int32/float32 sums of the batch it is given
+        i = int(np.asarray(batch["image"])[0, 0])
+        return {"counts": jnp.asarray(per_batch[i]), "loss": jnp.asarray(floats[i])}
+
+    config = syn.tiny_config(eval_batch_size=8)
+    assert loop.run_evaluation(config, None, eval_step, mesh_lib.make_mesh(), Data, Counts()) == {"done": 1.0}
+    (totals,) = seen
+    expected = [sum(int(b[j]) for b in per_batch) for j in range(k)]
+    assert totals["counts"].dtype == np.int64 and totals["counts"].tolist() == expected
+    assert expected[0] > 2**32 and expected[1] > 2**33  # past int32 by far
+    assert totals["loss"].dtype == np.float64
+    assert float(totals["loss"]) == pytest.approx(sum(float(f) for f in floats), rel=1e-7)
+
+    acc = loop.SumAccumulator()
+    for b in per_batch:
+        acc.add({"c": b, "flag": np.bool_(True)})
+    assert acc.totals["c"].tolist() == expected and acc.totals["flag"] == 5

@@ -7,9 +7,10 @@ task owns its model builder, loss and metrics; the trainer owns everything else
 (optimizer, EMA, accumulation, checkpoints, NaN checks, preemption, logging).
 
 Eval metrics are computed from SUMS: `Task.eval_sums` returns per-batch sums over
-the real (``mask``-ed) examples, the loop adds them over the whole eval split (the
-eval step's outputs are global, so the sums already span every process), and
-`Task.finalize` turns the totals into the reported metrics. Means, ratios and
+the real (``mask``-ed) examples, the loop adds them over the whole eval split on the
+host, integers in int64 and floats in float64 (the eval step's outputs are global, so
+the sums already span every process; one batch's int32 sums cannot overflow, a
+split's can), and `Task.finalize` turns the totals into the reported metrics. Means, ratios and
 confusion-matrix metrics (mIoU) are all exact this way: every example counts once.
 """
 
@@ -89,7 +90,7 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def finalize(self, totals: Mapping[str, np.ndarray]) -> dict[str, float]:
         """The reported eval metrics (floats) from the `eval_sums` totals of the
-        whole eval split. These are the keys of ``metrics.jsonl``'s eval records."""
+        whole eval split (NumPy int64 / float64 arrays). These are the keys of ``metrics.jsonl``'s eval records."""
 
     # --- batches -----------------------------------------------------------------
 

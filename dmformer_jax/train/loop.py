@@ -97,8 +97,9 @@ def validate_config(config: ml_collections.ConfigDict, *, device_count: int, pro
         "keep_checkpoints": config.keep_checkpoints,
         "data.image_size": config.data.image_size,
     }
-    if config.num_train_steps is not None:
-        positive["num_train_steps"] = config.num_train_steps
+    for name in ("num_train_steps", "stop_at_step"):
+        if config.get(name) is not None:
+            positive[name] = config[name]
     for name, value in positive.items():
         if int(value) <= 0:
             raise ConfigError(f"config.{name}={value} must be a positive integer")
@@ -116,6 +117,7 @@ def validate_config(config: ml_collections.ConfigDict, *, device_count: int, pro
         raise ConfigError(f"config.optim.ema_decay={decay} must be in [0, 1) (e.g. 0.9999), or None for no EMA")
     if config.optim.grad_clip_norm is not None and config.optim.grad_clip_norm <= 0:
         raise ConfigError(f"config.optim.grad_clip_norm={config.optim.grad_clip_norm} must be positive or None")
+    optim.decay_rule(config)
     state_lib.compute_dtype(config)
 
 
@@ -220,24 +222,58 @@ def _pad_eval_batch(local: Mapping[str, np.ndarray], size: int) -> dict[str, np.
     return out
 
 
+class SumAccumulator:
+    """Adds per-batch sums on the host in 64 bits: integer arrays as int64, floating
+    ones as float64 (shapes and tree structure as the first batch's).
+
+    The device computes one batch's sums in its own dtypes (int32, float32: JAX runs
+    without x64); one batch cannot overflow int32, but a whole split can: ADE20K's
+    2,000 validation images hold ~5e8 labelled pixels, and the per-class pixel counts
+    of a larger split or of several evaluations pass 2**31. Adding on the host keeps
+    the totals exact.
+    """
+
+    def __init__(self) -> None:
+        self.totals: Any = None
+
+    def add(self, sums: Any) -> None:
+        """Adds one batch's sums (a pytree of arrays, on the device or the host)."""
+        sums = jax.tree.map(_widen, jax.device_get(sums))
+        self.totals = sums if self.totals is None else jax.tree.map(np.add, self.totals, sums)
+
+
+def _widen(x: Any) -> np.ndarray:
+    x = np.asarray(x)
+    if np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_:
+        return x.astype(np.int64)
+    if np.issubdtype(x.dtype, np.floating):
+        return x.astype(np.float64)
+    return x
+
+
 def run_evaluation(
     config: ml_collections.ConfigDict, state: Any, eval_step, mesh, data: ModuleType, task: Task
 ) -> dict[str, float]:
     """``task``'s metrics (`Task.finalize`) over the whole eval split, every example
-    once: the eval step's sums are global (all processes), added over every batch."""
+    once: the eval step's sums are global (all processes); they are added over every
+    batch on the host in int64/float64 (`SumAccumulator`)."""
     local_size = eval_batch_size(config) // jax.process_count()
-    totals = None
+    acc = SumAccumulator()
+    pending = None  # the previous batch's sums: fetched after the next batch is dispatched
     for local in data.make_eval_iterator(
         config, process_index=jax.process_index(), process_count=jax.process_count()
     ):
-        if totals is None:
+        if pending is None and acc.totals is None:
             task.check_batch(local, "eval")
         batch = mesh_lib.global_batch(mesh, _pad_eval_batch(local, local_size))
         sums = eval_step(state, batch)
-        totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-    if totals is None:
+        if pending is not None:
+            acc.add(pending)
+        pending = sums
+    if pending is None:
         raise ConfigError(f"the eval split of {config.data.name!r} yielded no batches")
-    return task.finalize(jax.device_get(totals))
+    acc.add(pending)
+    return task.finalize(acc.totals)
 
 
 @dataclasses.dataclass
@@ -463,6 +499,11 @@ class Trainer:
         """
         config = self.config
         self._log_start()
+        if self.stop_at <= self.start < self.total:
+            # Nothing to train, save or evaluate: the workdir is left exactly as it is.
+            log(f"nothing to do: config.stop_at_step={config.stop_at_step} but the run is already at step "
+                f"{self.start}; rerun with a later --config.stop_at_step or without it to continue to {self.total}")
+            return RunResult(self.start, None, stopped_early=True)
         self.writer = MetricsWriter(self.workdir, flush_secs=float(config.get("log_flush_secs", 60.0)))
         if self.start >= self.total:
             log(f"already trained: step {self.start} >= {self.total}")

@@ -12,16 +12,26 @@ is the lr itself) with ``effective_batch = batch_size × grad_accum_steps``.
   mmcv's linear warm-up factor ``1 - (1 - t / W) × (1 - warmup_ratio)`` for t < W.
 
 Warm-up length: ``optim.warmup_steps`` optimizer updates when set, else
-``warmup_epochs`` epochs. Weight decay applies to conv/dense kernels only: never to
-biases, norm scales/offsets, layer-scale ``gamma`` or BatchNorm parameters (as
-timm/PoolFormer do), unless ``optim.decay_all_params`` (PoolFormer's segmentation
-recipe decays every parameter).
+``warmup_epochs`` epochs.
+
+Which parameters AdamW decays, ``optim.weight_decay_params`` (`DECAY_RULES`):
+
+* ``'kernels'`` (default, the ImageNet recipe): conv/dense kernels only; never
+  biases, norm scales/offsets, layer-scale ``gamma`` or BatchNorm parameters (as
+  timm/PoolFormer do).
+* ``'all_but_norms'`` (UperNet, Swin's mmseg config ``paramwise_cfg``: ``norm``
+  decay_mult 0): every parameter except the scale and bias of the normalisation
+  layers (LayerNorm and BatchNorm, `is_norm_param`); conv biases and layer scale
+  are decayed.
+* ``'all'`` (Semantic FPN, PoolFormer's sem_fpn config): every parameter.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import re
 from typing import Any
 
 import jax
@@ -29,8 +39,13 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-# Parameter leaf names that are decayed. Every other leaf (bias, scale, gamma) is not.
+# Parameter leaf names that 'kernels' decays. Every other leaf (bias, scale, gamma) is not.
 DECAYED_LEAF_NAMES = ("kernel",)
+# optim.weight_decay_params values (see the module docstring).
+DECAY_RULES = ("kernels", "all_but_norms", "all")
+# The names the models give their normalisation layers (dmformer_jax/models/layers.py's
+# layer_norm / batch_norm): LayerNorm `norm`, `norm1`, `norm_stage_1`, BatchNorm `bn`, `bn1`.
+NORM_MODULE = re.compile(r"(norm|bn)(\d+|_\w+)?")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,21 +126,57 @@ def poly_schedule(
     return schedule
 
 
-def weight_decay_mask(params: Any) -> Any:
-    """``True`` for the leaves AdamW decays (kernels), ``False`` for the rest.
+def _keys(path) -> list[str]:
+    return [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
+
+
+def is_norm_param(path) -> bool:
+    """Whether the leaf at ``path`` (a pytree key path) is the ``scale`` or ``bias`` of
+    a normalisation layer (its module's name matches `NORM_MODULE`)."""
+    keys = _keys(path)
+    return len(keys) >= 2 and keys[-1] in ("scale", "bias") and NORM_MODULE.fullmatch(keys[-2]) is not None
+
+
+def weight_decay_mask(params: Any, rule: str = "kernels") -> Any:
+    """``True`` for the leaves AdamW decays under ``rule`` (`DECAY_RULES`), ``False``
+    for the rest.
 
     Args:
       params: a Flax ``params`` pytree (nested dicts).
+      rule: ``'kernels'`` (conv/dense kernels, ndim > 1), ``'all_but_norms'`` (every
+        leaf but `is_norm_param` ones) or ``'all'``.
 
     Returns:
       a pytree of bools with the same structure.
     """
+    if rule not in DECAY_RULES:
+        raise ValueError(f"weight decay rule {rule!r} is not one of {DECAY_RULES}")
 
     def decayed(path, leaf) -> bool:
-        name = getattr(path[-1], "key", None)
-        return name in DECAYED_LEAF_NAMES and getattr(leaf, "ndim", 0) > 1
+        if rule == "all":
+            return True
+        if rule == "all_but_norms":
+            return not is_norm_param(path)
+        return _keys(path)[-1] in DECAYED_LEAF_NAMES and getattr(leaf, "ndim", 0) > 1
 
     return jax.tree_util.tree_map_with_path(decayed, params)
+
+
+def decay_rule(config: ml_collections.ConfigDict) -> str:
+    """``config.optim.weight_decay_params``; configs saved before it existed mean
+    ``'all'`` with their ``optim.decay_all_params=True``, else ``'kernels'``.
+
+    Raises:
+      ConfigError: a value not in `DECAY_RULES`.
+    """
+    rule = config.optim.get("weight_decay_params")
+    if rule is None:
+        rule = "all" if config.optim.get("decay_all_params", False) else "kernels"
+    if rule not in DECAY_RULES:
+        from dmformer_jax.errors import ConfigError
+
+        raise ConfigError(f"config.optim.weight_decay_params={rule!r} is not one of {list(DECAY_RULES)}")
+    return str(rule)
 
 
 def make_optimizer(
@@ -137,6 +188,7 @@ def make_optimizer(
     ``optim.grad_accum_steps > 1`` wraps everything in `optax.MultiSteps`.
     """
     schedule = learning_rate_schedule(config, plan)
+    rule = decay_rule(config)
     parts = []
     if config.optim.grad_clip_norm is not None:
         parts.append(optax.clip_by_global_norm(config.optim.grad_clip_norm))
@@ -146,7 +198,9 @@ def make_optimizer(
             b1=config.optim.b1,
             b2=config.optim.b2,
             weight_decay=config.optim.weight_decay,
-            mask=None if config.optim.get("decay_all_params", False) else weight_decay_mask,
+            # 'all' passes no mask: the optimizer state keeps the structure it had
+            # when this was `optim.decay_all_params=True`.
+            mask=None if rule == "all" else functools.partial(weight_decay_mask, rule=rule),
         )
     )
     tx = optax.chain(*parts) if len(parts) > 1 else parts[0]

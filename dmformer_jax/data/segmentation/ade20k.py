@@ -17,8 +17,8 @@ Features:
     classes of CLASS_NAMES. PNG bytes stored as they are when the PNG is 8-bit grey.
   file_name: the image's base name, e.g. 'ADE_val_00000001.jpg'.
 
-Checked while building (`DataError`, one line): the zip exists, every image has its
-annotation, and every mask has its image's size.
+Checked while building (`DataError`, one line): the zip exists, it has the annotation
+folder of each split, every image has its annotation, and every mask has its image's size.
 """
 
 from __future__ import annotations
@@ -131,6 +131,11 @@ class Ade20k(tfds.core.GeneratorBasedBuilder):
             if not images:
                 raise DataError(f"{path}: no {image_dir}*.jpg in the archive; is it {ARCHIVE} of the scene "
                                 "parsing benchmark?")
+            mask_dir = f"{ROOT}/annotations/{folder}/"
+            if not any(n.startswith(mask_dir) for n in names):
+                raise DataError(f"{path} has no {mask_dir} folder (the label masks); it is not the complete "
+                                f"{ARCHIVE}: download it again from http://data.csail.mit.edu/places/ADEchallenge/"
+                                f"{ARCHIVE} into manual_dir")
             for name in images:
                 stem = os.path.splitext(os.path.basename(name))[0]
                 mask_name = f"{ROOT}/annotations/{folder}/{stem}.png"
