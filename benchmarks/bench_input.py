@@ -392,7 +392,7 @@ def markdown(result: dict) -> str:
         f"Machine: {m['cpu_model']}, {m['cpu_count']} cores, {m['platform']}; TensorFlow {m['tensorflow']}, "
         f"TFDS {m['tfds']}, Pillow {m['pillow']} (libjpeg-turbo: {m['pil_libjpeg_turbo']})"
         + (f"; timm {result['timm']['timm']}, torch {result['timm']['torch']}, torchvision "
-           f"{result['timm']['torchvision']}" if result.get("timm") else "; timm: not run")
+           f"{result['timm']['torchvision']}" if (result.get("timm") or {}).get("timm") else "; timm: not run")
         + ".",
         "",
         f"ISA: {m['isa']}.",
@@ -487,8 +487,14 @@ def _run(args, cache: Path) -> dict[str, Any]:
     if args.timm_python:
         for mode in ("train", "eval"):
             loads[f"timm_{mode}"] = load_average()
-            result = run_timm(prepared, args, mode)
-            timm_info = {k: result[k] for k in ("timm", "torch", "torchvision", "pillow", "libjpeg_turbo")}
+            try:
+                result = run_timm(prepared, args, mode)
+            except RuntimeError as e:  # keep our figures; the error goes into the results
+                print(e, file=sys.stderr, flush=True)
+                timm_info = dict(timm_info or {}, **{f"{mode}_error": str(e)[-2000:]})
+                continue
+            timm_info = dict(timm_info or {}, **{k: result[k] for k in ("timm", "torch", "torchvision", "pillow",
+                                                                        "libjpeg_turbo")})
             timm_info[f"{mode}_transform"] = result["transform"]
             for w, run in result["runs"].items():
                 run["load_average"] = loads[f"timm_{mode}"]

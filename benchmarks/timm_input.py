@@ -46,6 +46,31 @@ class _Forever:
             yield from torch.randperm(self.n, generator=g).tolist()
 
 
+def _posterize_zero_bits_as_older_pillow() -> None:
+    """timm's PosterizeIncreasing keeps 4 - int(0.4 m) bits: 0 bits when RandAugment's
+    magnitude (9 +- 0.5 sd, clipped to 10) reaches 10. Pillow >= 12 rejects
+    ``ImageOps.posterize(img, 0)`` (ValueError), which kills the DataLoader worker;
+    older Pillow returned a black image, as our TF op does. Same result, restored."""
+    from PIL import Image, ImageOps
+    from timm.data import auto_augment
+
+    try:
+        ImageOps.posterize(Image.new("RGB", (1, 1)), 0)
+        return  # this Pillow still accepts 0 bits
+    except ValueError:
+        pass
+    original = auto_augment.posterize
+
+    def posterize(img, bits_to_keep, **kwargs):
+        if bits_to_keep <= 0:
+            return img.point([0] * 256 * len(img.getbands()))
+        return original(img, bits_to_keep, **kwargs)
+
+    for name, fn in list(auto_augment.NAME_TO_OP.items()):
+        if fn is original:
+            auto_augment.NAME_TO_OP[name] = posterize
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--root", required=True, help="class-folder tree of JPEGs (timm ImageDataset)")
@@ -71,6 +96,7 @@ def main(argv=None) -> None:
     from timm.data import ImageDataset, create_transform
 
     torch.set_num_threads(1)
+    _posterize_zero_bits_as_older_pillow()
     mean = tuple(float(v) for v in args.mean.split(","))
     std = tuple(float(v) for v in args.std.split(","))
     if args.mode == "train":
