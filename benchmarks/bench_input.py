@@ -92,7 +92,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                          "no train variants (fast DCT, uint8, crop only)")
     args = p.parse_args(argv)
     if args.smoke:
-        args.val_images, args.images_per_class, args.threads = 8, 2, "1"
+        args.val_images, args.images_per_class = 8, 2
+        args.threads = "1" if args.threads == p.get_default("threads") else args.threads
         args.batch, args.batches_per_rep, args.warmup_batches, args.reps = 4, 2, 1, 1
     elif args.out is None:
         args.out = str(ROOT / "benchmarks" / "results" / "input_cpu.json")

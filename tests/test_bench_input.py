@@ -39,7 +39,7 @@ def test_smoke_measures_every_contender(tmp_path):
 
 
 @pytest.mark.parametrize("flags,words", [
-    (["--threads", "one"], "--threads"),
+    (["--smoke", "--threads", "one"], "--threads"),
     (["--reps", "3"], "--cache"),
     (["--smoke", "--timm-python", "/nonexistent/python"], "--timm-python"),
 ])
