@@ -123,6 +123,30 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+# The SIMD extensions that decide CPU speed (XLA's and oneDNN's kernels, libjpeg-turbo).
+_ISA_PREFIXES = ("sse4", "avx", "fma", "f16c", "amx", "bmi")
+
+
+def cpu_isa_flags() -> list[str]:
+    """The host CPU's SIMD flags from /proc/cpuinfo (sse4*, avx*, fma, f16c, amx*,
+    bmi*), sorted; [] where /proc/cpuinfo is missing."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    return sorted(f for f in flags if f.startswith(_ISA_PREFIXES))
+    except OSError:
+        pass
+    return []
+
+
+def isa_line(flags: list[str]) -> str:
+    """One line for result tables: AVX-512 yes/no, then the flags."""
+    avx512 = "AVX-512" if any(f.startswith("avx512") for f in flags) else "no AVX-512"
+    return f"{avx512}; flags: {' '.join(flags) or 'unknown'}"
+
+
 def machine_info(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Host description and library versions for result files."""
     import flax
@@ -133,6 +157,7 @@ def machine_info(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     info = {
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
+        "cpu_isa_flags": cpu_isa_flags(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "jax": jax.__version__,

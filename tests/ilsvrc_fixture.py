@@ -17,6 +17,11 @@ including one greyscale and one CMYK JPEG in the train split, which the input
 pipeline must decode to 3 channels. Used by tests/test_imagenet_tfds.py,
 test_train_imagenet.py and test_reliability.py (a test fixture: it is not shipped in
 the package).
+
+With ``natural=True`` and ``image_sizes`` it writes ImageNet-like JPEGs instead
+(`natural_pixels`: gradients, shapes, texture and a little noise, at ImageNet's
+typical sizes): benchmarks/bench_input.py prepares its data set with it, so the
+benchmark and the tests share one writer of the archive layout the real builder reads.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+from typing import Sequence
 
 import numpy as np
 
@@ -31,7 +37,8 @@ import numpy as np
 DEFAULT_SYNSETS = ("n01751748", "n09193705", "n02105855", "n04263257")
 
 
-def _validation_labels(count: int) -> list[str]:
+def validation_labels(count: int) -> list[str]:
+    """The synsets of ILSVRC2012_val_00000001.. in order (TFDS's shipped labels)."""
     import tensorflow_datasets as tfds
 
     path = tfds.core.tfds_path("datasets/imagenet2012/validation_labels.txt")
@@ -56,6 +63,49 @@ def _pixels(rng: np.random.Generator, class_index: int, height: int, width: int)
     return np.clip(base + noise, 0, 255).astype(np.uint8)
 
 
+def natural_pixels(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A photo-like uint8 [height, width, 3] image: a smooth two-colour gradient, 10-40
+    flat-shaded ellipses / rectangles / triangles, band-limited texture at two scales
+    (noise at 1/2 and 1/6 resolution, upsampled bicubically) and fine Gaussian noise
+    (sigma 4).
+
+    Pure noise would decode far slower than a photo (its entropy-coded stream is
+    several times longer). Saved at quality 90 these come to ~0.5 bytes per pixel;
+    ImageNet's JPEGs average ~0.6 (110 KB for ~180k pixels), so these are if anything
+    a little cheaper to decode.
+    """
+    from PIL import Image, ImageDraw
+
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    t = (np.cos(angle) * x / width + np.sin(angle) * y / height)[..., None]
+    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    base = c0 + (c1 - c0) * (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+    image = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(10, 41))):
+        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        rx, ry = rng.uniform(0.02, 0.3) * width, rng.uniform(0.02, 0.3) * height
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        kind = rng.integers(3)
+        if kind == 0:
+            draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=colour)
+        elif kind == 1:
+            draw.rectangle([cx - rx, cy - ry, cx + rx, cy + ry], fill=colour)
+        else:
+            points = [(cx + rx * np.cos(a), cy + ry * np.sin(a)) for a in rng.uniform(0, 2 * np.pi, 3)]
+            draw.polygon(points, fill=colour)
+    pixels = np.asarray(image, np.float32)
+    for fraction in (1 / 2, 1 / 6):  # texture: blobs of ~2 and ~6 pixels
+        low = rng.normal(0, 1, (max(int(height * fraction), 2), max(int(width * fraction), 2), 3))
+        texture = np.stack([np.asarray(Image.fromarray(low[..., c].astype(np.float32)).resize((width, height),
+                                                                                                Image.BICUBIC))
+                            for c in range(3)], axis=-1)
+        pixels += rng.uniform(15, 30) * texture
+    pixels += rng.normal(0, 4, pixels.shape).astype(np.float32)
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
@@ -70,6 +120,8 @@ def write_tiny_ilsvrc(
     size: int = 40,
     seed: int = 0,
     garbled: int = 0,
+    natural: bool = False,
+    image_sizes: Sequence[tuple[int, int]] | None = None,
 ) -> dict[str, object]:
     """Writes ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar into ``manual_dir``.
 
@@ -84,6 +136,9 @@ def write_tiny_ilsvrc(
       seed: noise seed.
       garbled: extra undecodable training "JPEGs" (a JPEG start marker followed by
         noise) added to the last synset, to exercise the pipeline's skip-and-count.
+      natural: photo-like images (`natural_pixels`) instead of colour plus noise.
+      image_sizes: (height, width) pairs; each image (train and val) takes one drawn
+        uniformly from this list (repeat a size to weight it). None: ``size``-based.
 
     Returns:
       dict(train_labels=list of (file name, synset) of the decodable training images,
@@ -92,7 +147,7 @@ def write_tiny_ilsvrc(
     """
     if images_per_class < 2:
         raise ValueError("images_per_class must be >= 2 (room for the greyscale and CMYK images)")
-    val_synsets = _validation_labels(val_images)
+    val_synsets = validation_labels(val_images)
     unknown = sorted(set(val_synsets) - set(synsets))
     if unknown:
         raise ValueError(f"the first {val_images} validation images are of synsets {unknown} not in synsets; "
@@ -100,6 +155,13 @@ def write_tiny_ilsvrc(
     os.makedirs(manual_dir, exist_ok=True)
     rng = np.random.default_rng(seed)
     height, width = size, size * 5 // 4
+
+    def pixels(class_index: int, portrait: bool = False) -> np.ndarray:
+        h, w = (width, height) if portrait else (height, width)
+        if image_sizes:
+            h, w = image_sizes[int(rng.integers(len(image_sizes)))]
+        return natural_pixels(rng, h, w) if natural else _pixels(rng, class_index, h, w)
+
     train_labels, garbled_names, grayscale, cmyk = [], [], None, None
     with tarfile.open(os.path.join(manual_dir, "ILSVRC2012_img_train.tar"), "w") as outer:
         for c, wnid in enumerate(synsets):
@@ -107,13 +169,13 @@ def write_tiny_ilsvrc(
             with tarfile.open(fileobj=inner_bytes, mode="w") as inner:
                 for k in range(images_per_class):
                     name = f"{wnid}_{k + 1}.JPEG"
-                    pixels = _pixels(rng, c, height, width)
+                    image = pixels(c)
                     if c == 0 and k == 0:
-                        data, grayscale = _jpeg(pixels, "L"), name
+                        data, grayscale = _jpeg(image, "L"), name
                     elif c == 0 and k == 1:
-                        data, cmyk = _jpeg(pixels, "CMYK"), name
+                        data, cmyk = _jpeg(image, "CMYK"), name
                     else:
-                        data = _jpeg(pixels)
+                        data = _jpeg(image)
                     _add(inner, name, data)
                     train_labels.append((name, wnid))
                 if c == len(synsets) - 1:
@@ -126,7 +188,7 @@ def write_tiny_ilsvrc(
     with tarfile.open(os.path.join(manual_dir, "ILSVRC2012_img_val.tar"), "w") as val:
         for i, wnid in enumerate(val_synsets):
             name = f"ILSVRC2012_val_{i + 1:08d}.JPEG"
-            _add(val, name, _jpeg(_pixels(rng, synsets.index(wnid), width, height)))  # portrait
+            _add(val, name, _jpeg(pixels(synsets.index(wnid), portrait=True)))
             val_labels.append((name, wnid))
     return {"train_labels": train_labels, "val_labels": val_labels, "grayscale": grayscale, "cmyk": cmyk,
             "garbled": garbled_names}

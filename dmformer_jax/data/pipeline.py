@@ -87,7 +87,7 @@ def transfer_dtype(config) -> str:
 
 def _to_pixels(image: tf.Tensor, mean, std) -> tf.Tensor:
     """A host-normalised float image back to uint8 pixels (rounded, clipped to 0..255)."""
-    pixels = (image * tf.constant(std, tf.float32) + tf.constant(mean, tf.float32)) * 255.0
+    pixels = (image * aug.per_channel(std, image) + aug.per_channel(mean, image)) * 255.0
     return tf.cast(aug.to_uint8_range(pixels), tf.uint8)
 
 

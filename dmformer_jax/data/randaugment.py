@@ -27,6 +27,7 @@ from dmformer_jax.data.augment import (
     adjust_contrast,
     adjust_saturation,
     blend,
+    per_channel,
     split_seed,
     to_uint8_range,
 )
@@ -121,7 +122,7 @@ def affine(image: tf.Tensor, matrix: tf.Tensor) -> tf.Tensor:
     c = c + 0.5 * (a + b) - 0.5
     f = f + 0.5 * (d + e) - 0.5
     transform = tf.stack([a, b, c, d, e, f, 0.0, 0.0])[None]
-    fill = tf.constant(FILL, tf.float32)
+    fill = per_channel(FILL, image)  # image-shaped when static: no slow per-element broadcast
     shape = tf.shape(image)
     out = tf.raw_ops.ImageProjectiveTransformV3(
         images=(image - fill)[None],  # fill 0 here is FILL after adding it back: TF fills one scalar
