@@ -123,6 +123,58 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+# The CPU features that decide which GEMM/conv kernels XLA and oneDNN pick.
+ISA_FLAGS = (
+    "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni",
+    "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8",
+)
+
+
+def cpu_isa() -> str:
+    """The host CPU's vector ISA flags from ``/proc/cpuinfo`` (`ISA_FLAGS` that are present),
+    space-separated; ``'unknown'`` where there is no ``/proc/cpuinfo``."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    present = set(line.split(":", 1)[1].split())
+                    return " ".join(flag for flag in ISA_FLAGS if flag in present) or "none of " + ",".join(ISA_FLAGS)
+    except OSError:
+        pass
+    return "unknown"
+
+
+def gemm_gflops(library: str, n: int = 2048, reps: int = 5) -> float:
+    """Best-of-``reps`` float32 ``n×n @ n×n`` GFLOP/s under ``'jax'`` (XLA) or ``'torch'``.
+
+    The measured matmul roofline that throughput figures are set against; call it in the
+    process (and with the thread settings) that runs the contender.
+    """
+    rng = np.random.RandomState(0)
+    a, b = (rng.randn(n, n).astype(np.float32) for _ in range(2))
+    if library == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        a, b = jnp.asarray(a), jnp.asarray(b)
+        matmul = jax.jit(jnp.matmul)
+        run = lambda: jax.block_until_ready(matmul(a, b))  # noqa: E731
+    elif library == "torch":
+        import torch
+
+        a, b = torch.from_numpy(a), torch.from_numpy(b)
+        run = lambda: torch.mm(a, b)  # noqa: E731
+    else:
+        raise ValueError(f"unknown library {library!r}; choose 'jax' or 'torch'")
+    run()
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
 def machine_info(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Host description and library versions for result files."""
     import flax
@@ -132,6 +184,7 @@ def machine_info(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
 
     info = {
         "cpu_model": cpu_model(),
+        "cpu_isa": cpu_isa(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
