@@ -240,7 +240,8 @@ def markdown(result: dict) -> str:
         f"Machine: {m['cpu_model']}, {m['cpu_count']} cores, {m['platform']}; JAX {m['jax']} "
         f"(backend {m['jax_backend']}, XLA threads: default, XLA_FLAGS='{m['xla_flags']}'), "
         f"GLIBC_TUNABLES='{m.get('glibc_tunables', '')}' (all contenders), "
-        f"Flax {m['flax']}, PyTorch {m.get('torch', '-')} ({m.get('torch_threads', '-')} threads).",
+        f"Flax {m['flax']}, PyTorch {m.get('torch', '-')} ({m.get('torch_threads', '-')} threads). "
+        f"ISA: {m.get('cpu_isa', 'not recorded')}.",
         "",
         "| model | mode | JAX | PyTorch eager | torch.compile | JAX/eager | JAX/compile | JAX GFLOP/s | MFU |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -268,6 +269,7 @@ def markdown(result: dict) -> str:
         ti = r.get("torch_info", {})
         mem = lambda d: f"{d['peak_estimate_bytes'] / 2**20:.0f} MiB" if d else "n/a"  # noqa: E731
         rss = r.get("rss_train_bytes", {})
+        rss = {k: v for k, v in rss.items() if not k.endswith("_gemm_gflops")}
         rss_s = " / ".join(
             f"{rss[k] / 2**20:.0f} MiB, {rss.get(f'{k}_minor_faults', 0) / 1e6:.2f}M faults" if k in rss else "—"
             for k in ("jax", "torch_eager", "torch_compile")
@@ -279,7 +281,41 @@ def markdown(result: dict) -> str:
             f"{ti.get('compile_infer_first_call_s', float('nan')):.1f} / {ti.get('compile_train_first_call_s', float('nan')):.1f} | "
             f"{mem(j.get('infer_memory'))} / {mem(j.get('train_memory'))} | {rss_s} |"
         )
+    lines += roofline_lines(result)
     return "\n".join(lines)
+
+
+def roofline_lines(result: dict) -> list[str]:
+    """Markdown rows: each contender's GFLOP/s as a fraction of the measured GEMM roofline."""
+    names = {"jax": "JAX", "torch_eager": "PyTorch eager", "torch_compile": "torch.compile"}
+    rows = []
+    for name, r in result["models"].items():
+        for mode, label in (("infer", "inference"), ("train", "train step")):
+            gemm = {k: v for k, v in r.get("gemm_gflops", {}).items() if k.startswith(f"{mode}_")}
+            roof = {k[len(mode) + 1:]: v for k, v in r.get("roofline", {}).items() if k.startswith(f"{mode}_")}
+            if not roof:
+                continue
+            xla = gemm.get(f"{mode}_jax")
+            pt = max((v for k, v in gemm.items() if k.startswith(f"{mode}_torch")), default=None)
+            cells = [
+                f"{roof[k]['gflops_per_s']:.0f} ({100 * roof[k]['fraction_of_best_gemm']:.0f}%)" if k in roof else "—"
+                for k in names
+            ]
+            rows.append(
+                f"| {name} | {label} | {xla:.0f} | " + (f"{pt:.0f}" if pt else "—") + " | " + " | ".join(cells) + " |"
+            )
+    if not rows:
+        return []
+    return [
+        "",
+        "Matmul roofline: 2048² float32 GEMM measured in each worker (XLA in the JAX worker, "
+        "PyTorch in its workers; best of 5). Model GFLOP/s credit every contender the same "
+        "FLOPs (XLA's count for the standard-conv model); % = of the faster library's GEMM.",
+        "",
+        "| model | mode | XLA GEMM GFLOP/s | PyTorch GEMM GFLOP/s | JAX GFLOP/s | PyTorch eager GFLOP/s | torch.compile GFLOP/s |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def _worker(conn, kind, name, args, images, labels, variables_np, mode):
@@ -305,6 +341,8 @@ def _worker(conn, kind, name, args, images, labels, variables_np, mode):
                 start = time.perf_counter()
                 fn()
                 conn.send(time.perf_counter() - start)
+            elif cmd == "gemm":  # this process's matmul roofline (its library, its threads)
+                conn.send(bench.gemm_gflops("jax" if kind == "jax" else "torch"))
             elif cmd == "rss":  # one more step: resident-set growth and minor page faults
                 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 with bench.RssPeak() as peak:
@@ -317,7 +355,8 @@ def _worker(conn, kind, name, args, images, labels, variables_np, mode):
 
 
 def run_phase(name, args, images, labels, variables_np, mode, kinds):
-    """Times JAX and the PyTorch ``kinds`` in ``mode``. Returns ``(stats, infos, rss)``.
+    """Times JAX and the PyTorch ``kinds`` in ``mode``. Returns ``(stats, infos, rss)``;
+    ``rss`` also holds each worker's 2048² float32 GEMM GFLOP/s (``<key>_gemm_gflops``).
 
     ``--schedule interleaved``: all workers alive at once, one step each in turn
     (round-robin), so a busy machine slows all alike. ``sequential``: one worker
@@ -369,6 +408,9 @@ def _time_workers(name, args, images, labels, variables_np, mode, kinds):
             for k, (_, conn) in workers.items():
                 times[k].append(call(conn))
         rss = {}
+        for k, (_, conn) in workers.items():
+            conn.send("gemm")
+            rss[f"{k}_gemm_gflops"] = conn.recv()
         if jax.default_backend() == "cpu":
             for k, (_, conn) in workers.items():
                 conn.send("rss")
@@ -426,6 +468,17 @@ def main(argv=None) -> int:
                 if k != "jax":
                     entry["ratios"][f"{mode}_jax_over_{k}"] = st.median / stats["jax"].median
             flops = entry["jax_info"].get(f"{mode}_flops")
+            gemm = {k[: -len("_gemm_gflops")]: v for k, v in rss.items() if k.endswith("_gemm_gflops")}
+            if gemm:
+                # The matmul roofline: the faster library's 2048² GEMM, measured in the workers.
+                entry.setdefault("gemm_gflops", {}).update({f"{mode}_{k}": v for k, v in gemm.items()})
+            if flops and gemm:
+                roofline = max(gemm.values())
+                for k, st in stats.items():  # every contender credited the same model FLOPs
+                    entry.setdefault("roofline", {})[f"{mode}_{k}"] = {
+                        "gflops_per_s": flops / st.median / 1e9,
+                        "fraction_of_best_gemm": flops / st.median / 1e9 / roofline,
+                    }
             if flops:
                 entry[f"{mode}_gflops_per_s"] = flops / stats["jax"].median / 1e9
                 peak = bench.peak_tflops(jax.devices()[0].device_kind)

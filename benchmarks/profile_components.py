@@ -3,7 +3,8 @@
 For each part of dmformer_s at batch B, 224×224 (stem; one MetaFormer block per
 stage and, inside it, the DMA token mixer and the MLP; the downsampling convs), this
 times the forward pass and the forward+backward pass (gradients of a scalar loss
-with respect to the input and every parameter), in float32, for:
+with respect to the input and every parameter; for the stem, only the parameters,
+since a training step never differentiates the images), in float32, for:
 
   - ``jax``: our default on this backend (``depthwise_impl='auto'``, ``conv_impl='auto'``);
   - ``jax_nn_conv``: plain ``nn.Conv`` everywhere (``'xla'`` for both), i.e. what a
@@ -65,7 +66,7 @@ def jax_times(args, depthwise_impl: str, conv_impl: str) -> dict:
     rng = np.random.RandomState(0)
     key = jax.random.key(0)
 
-    def time_module(module, x, train_kw: bool):
+    def time_module(module, x, train_kw: bool, input_grad: bool = True):
         """(forward ms, forward+backward ms) of ``module`` on ``x``."""
         rngs = {"params": key, "drop_path": key}
         variables = module.init(rngs, x, train=True) if train_kw else module.init(key, x)
@@ -78,7 +79,8 @@ def jax_times(args, depthwise_impl: str, conv_impl: str) -> dict:
             return module.apply(v, x)
 
         fwd = jax.jit(apply).lower(variables["params"], x).compile()
-        grad = jax.jit(jax.grad(lambda p, x: jnp.sum(apply(p, x) ** 2), argnums=(0, 1)))
+        argnums = (0, 1) if input_grad else 0
+        grad = jax.jit(jax.grad(lambda p, x: jnp.sum(apply(p, x) ** 2), argnums=argnums))
         grad = grad.lower(variables["params"], x).compile()
         p = variables["params"]
         return (
@@ -90,7 +92,7 @@ def jax_times(args, depthwise_impl: str, conv_impl: str) -> dict:
     out = {}
     images = jnp.asarray(rng.randn(args.batch, args.res, args.res, 3).astype(np.float32))
     hidden = stem_hidden_width(variant.widths)
-    out["stem"] = time_module(Stem(variant.widths[0], hidden, conv_impl), images, True)
+    out["stem"] = time_module(Stem(variant.widths[0], hidden, conv_impl), images, True, input_grad=False)
     for stage, h, c, _ in stage_shapes(args.model, args.res):
         x = jnp.asarray(rng.randn(args.batch, h, h, c).astype(np.float32))
         out[f"stage_{stage}.block"] = time_module(Block(dma=dict(impls), drop_path_rate=0.1), x, True)
@@ -114,7 +116,7 @@ def torch_times(args) -> dict:
     torch.set_num_threads(args.torch_threads)
     torch.manual_seed(0)
 
-    def time_module(module, x):
+    def time_module(module, x, input_grad=True):
         module.train()
 
         def fwd():
@@ -122,7 +124,7 @@ def torch_times(args) -> dict:
                 module(x)
 
         def fwd_bwd():
-            xx = x.clone().requires_grad_(True)
+            xx = x.clone().requires_grad_(input_grad)
             module.zero_grad(set_to_none=True)
             (module(xx) ** 2).sum().backward()
 
@@ -131,7 +133,7 @@ def torch_times(args) -> dict:
     variant = get_variant(args.model)
     out = {}
     images = torch.randn(args.batch, 3, args.res, args.res)
-    out["stem"] = time_module(Stem(variant.widths[0], stem_hidden_width(variant.widths)), images)
+    out["stem"] = time_module(Stem(variant.widths[0], stem_hidden_width(variant.widths)), images, input_grad=False)
     for stage, h, c, _ in stage_shapes(args.model, args.res):
         x = torch.randn(args.batch, c, h, h)
         out[f"stage_{stage}.block"] = time_module(Block(c, 4.0, 0.1, 1e-5, {}), x)

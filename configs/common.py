@@ -50,7 +50,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.model.param_dtype = _unset(str)  # 'float32' | 'bfloat16'; None: float32
     # How convs are computed (never changes parameters or results beyond rounding):
     config.model.depthwise_impl = "auto"  # 'auto' | 'xla' | 'shift_add' | 'shift_add_vjp'
-    config.model.conv_impl = "auto"  # 'auto' | 'xla' | 'im2col' (stem, downsampling, 1x1)
+    config.model.conv_impl = "auto"  # 'auto' | 'xla' | 'im2col' | 'im2col_tconv' (stem, downsampling, 1x1)
 
     # --- data ----------------------------------------------------------------
     config.data = ml_collections.ConfigDict()

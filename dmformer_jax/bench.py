@@ -147,6 +147,37 @@ def isa_line(flags: list[str]) -> str:
     return f"{avx512}; flags: {' '.join(flags) or 'unknown'}"
 
 
+def gemm_gflops(library: str, n: int = 2048, reps: int = 5) -> float:
+    """Best-of-``reps`` float32 ``n×n @ n×n`` GFLOP/s under ``'jax'`` (XLA) or ``'torch'``.
+
+    The measured matmul roofline that throughput figures are set against; call it in the
+    process (and with the thread settings) that runs the contender.
+    """
+    rng = np.random.RandomState(0)
+    a, b = (rng.randn(n, n).astype(np.float32) for _ in range(2))
+    if library == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        a, b = jnp.asarray(a), jnp.asarray(b)
+        matmul = jax.jit(jnp.matmul)
+        run = lambda: jax.block_until_ready(matmul(a, b))  # noqa: E731
+    elif library == "torch":
+        import torch
+
+        a, b = torch.from_numpy(a), torch.from_numpy(b)
+        run = lambda: torch.mm(a, b)  # noqa: E731
+    else:
+        raise ValueError(f"unknown library {library!r}; choose 'jax' or 'torch'")
+    run()
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
 def machine_info(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Host description and library versions for result files."""
     import flax
@@ -156,6 +187,7 @@ def machine_info(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
 
     info = {
         "cpu_model": cpu_model(),
+        "cpu_isa": isa_line(cpu_isa_flags()),
         "cpu_count": os.cpu_count(),
         "cpu_isa_flags": cpu_isa_flags(),
         "platform": platform.platform(),

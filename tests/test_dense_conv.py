@@ -100,3 +100,56 @@ def test_auto_resolves_per_backend_and_rejects_unknown():
         dense_conv.resolve_impl("nope")
     with pytest.raises(ValueError, match=r"must be \(k, k, C_in=4, C_out\)"):
         dense_conv.conv2d(jnp.zeros((1, 5, 5, 4)), jnp.zeros((3, 3, 2, 4)))
+
+
+def _stem_train_reference(x, p):
+    """float64 stem in train mode (batch-statistics BatchNorm), from numpy_reference."""
+    import numpy_reference as ref
+
+    y = ref.conv2d(x, p["conv1"]["kernel"], stride=2, padding=3)
+    y = ref.relu(ref.batch_norm_train(y, p["bn1"])[0])
+    y = ref.conv2d(y, p["conv2"]["kernel"], padding=1)
+    y = ref.relu(ref.batch_norm_train(y, p["bn2"])[0])
+    y = ref.conv2d(y, p["conv3"]["kernel"], p["conv3"]["bias"], stride=2)
+    return ref.layer_norm(y, p["norm"])
+
+
+# The CPU default only: each conv impl is checked alone above; this is the composition.
+@pytest.mark.parametrize("impl", [dense_conv.DEFAULT_IMPL_BY_BACKEND["cpu"]])
+def test_stem_output_and_parameter_gradients_match_float64(impl):
+    """The whole stem (7×7 s2, 3×3, 2×2 s2 with BN/ReLU/LN) at an odd size (38×30 ->
+    19×15 -> 9×7): output, and the gradient of Σ out·ct along random directions in each
+    conv kernel and the bias, against float64 central differences of the NumPy stem.
+    The image gets no gradient (as in training)."""
+    from dmformer_jax.models.backbone import Stem
+
+    rng = np.random.RandomState(3)
+    x = rng.randn(2, 38, 30, 3).astype(np.float32)
+    stem = Stem(width=6, hidden_width=5, conv_impl=impl)
+    variables = stem.init(jax.random.key(0), jnp.asarray(x), train=True)
+    params = jax.tree.map(lambda a: (rng.randn(*a.shape) * 0.5).astype(np.float32), variables["params"])
+    params["bn1"]["scale"] += 1.0
+    params["bn2"]["scale"] += 1.0
+    ct = rng.randn(2, 9, 7, 6)
+
+    def loss(p):
+        y, _ = stem.apply({"params": p, "batch_stats": variables["batch_stats"]}, jnp.asarray(x),
+                          train=True, mutable=["batch_stats"])
+        return jnp.sum(y * jnp.asarray(ct, jnp.float32)), y
+
+    (_, y), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    want = _stem_train_reference(x, params)
+    assert y.shape == want.shape == ct.shape
+    np.testing.assert_allclose(np.asarray(y, np.float64), want, atol=2e-5 * np.abs(want).max())
+    ref_loss = lambda p: float(np.sum(_stem_train_reference(x, p) * ct))  # noqa: E731
+    eps = 1e-5
+    for layer, name in (("conv1", "kernel"), ("conv2", "kernel"), ("conv3", "kernel"), ("conv3", "bias")):
+        direction = rng.randn(*params[layer][name].shape)
+        shifted = []
+        for sign in (1, -1):
+            p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+            p[layer][name] = p[layer][name] + sign * eps * direction
+            shifted.append(ref_loss(p))
+        numeric = (shifted[0] - shifted[1]) / (2 * eps)
+        analytic = float(np.sum(np.asarray(grads[layer][name], np.float64) * direction))
+        assert abs(analytic - numeric) <= 1e-4 * (abs(numeric) + 1.0), (layer, name, analytic, numeric)

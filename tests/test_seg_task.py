@@ -277,9 +277,10 @@ def test_upernet_training_outputs_feed_the_aux_loss_with_the_step_rngs():
     task = get_task(config)
     model = task.build_model(config, _Info())
     images = jnp.asarray(np.random.default_rng(4).normal(size=(2, 64, 64, 3)), jnp.float32)
-    variables = model.init(jax.random.key(0), images)
-    outputs, _ = model.apply(variables, images, train=True, rngs=model_rngs(task, jax.random.key(1)),
-                             mutable=["batch_stats"])
+    # Jitted: op-by-op UperNet costs ~6x the CPU of one compile (2026-11-27).
+    variables = jax.jit(model.init)(jax.random.key(0), images)
+    outputs, _ = jax.jit(lambda v, x, rngs: model.apply(v, x, train=True, rngs=rngs, mutable=["batch_stats"]))(
+        variables, images, model_rngs(task, jax.random.key(1)))
     assert outputs["logits"].shape == (2, 16, 16, 7) and outputs["aux_logits"].shape == (2, 4, 4, 7)
     labels = _labels(np.random.default_rng(5), (2, 64, 64), 7)
     loss, metrics = task.loss(outputs, {"label": jnp.asarray(labels)})

@@ -15,9 +15,15 @@ Implementations (timings in ``docs/benchmarks.md``):
     Why: on XLA's CPU backend the backward of ``conv_general_dilated`` is the slow
     part while its forward is fast (figures: docs/benchmarks.md, "Dense convolution
     implementations").
+  - ``'im2col_tconv'``: as ``'im2col'``, except that the input gradient of a
+    stride-1 k×k conv (the stem's 3×3 conv) is XLA's *forward* conv of the cotangent
+    with the spatially flipped, in/out-swapped kernel (a transposed convolution).
+    Why: that is the fast kernel, and it never builds the ``(B, H, W, k²·C_out)``
+    patch cotangent (925 MB for dmformer_s's stem at batch 32) that the im2col input
+    gradient writes and folds back. Strided convs keep the im2col input gradient.
 
-``'auto'`` picks per backend (`resolve_impl`): im2col on CPU, XLA's conv on GPU/TPU
-(where a conv *is* an implicit GEMM already).
+``'auto'`` picks per backend (`resolve_impl`): im2col_tconv on CPU, XLA's conv on
+GPU/TPU (where a conv *is* an implicit GEMM already).
 """
 
 from __future__ import annotations
@@ -97,6 +103,43 @@ def _conv_im2col_grad_bwd(stride, padding, residuals, g):
 _conv_im2col_grad.defvjp(_conv_im2col_grad_fwd, _conv_im2col_grad_bwd)
 
 
+def transposed_conv_input_grad(g: Array, kernel: Array, *, padding: int) -> Array:
+    """Input gradient of a stride-1 conv: ``(B, H', W', C_out)`` -> ``(B, H, W, C_in)``.
+
+    ``dx[h, w] = Σ_{i,j} g[h + padding − i, w + padding − j] @ kernel[i, j].T``, i.e. a
+    stride-1 conv of ``g`` padded by ``k − 1 − padding`` with ``kernel`` flipped in
+    both spatial axes and its channel axes swapped. Needs ``padding <= k − 1``.
+    """
+    k = kernel.shape[0]
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+    return xla_conv(g, flipped, stride=1, padding=k - 1 - padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_tconv_grad(x: Array, kernel: Array, stride: int, padding: int) -> Array:
+    return xla_conv(x, kernel, stride=stride, padding=padding)
+
+
+def _conv_tconv_grad_bwd(stride, padding, residuals, g):
+    x, kernel = residuals
+    dx = transposed_conv_input_grad(g, kernel, padding=padding)
+    # Only the kernel gradient of the im2col matmul: the patches of x, transposed, @ g.
+    _, vjp = jax.vjp(lambda k: im2col_conv(x, k, stride=stride, padding=padding), kernel)
+    return dx, vjp(g)[0]
+
+
+_conv_tconv_grad.defvjp(_conv_im2col_grad_fwd, _conv_tconv_grad_bwd)
+
+
+def im2col_tconv_conv(x: Array, kernel: Array, *, stride: int, padding: int) -> Array:
+    """`im2col_grad_conv`, but a stride-1 k×k conv's input gradient is a transposed conv."""
+    if stride != 1 or kernel.shape[0] != kernel.shape[1] or padding > kernel.shape[0] - 1:
+        return im2col_grad_conv(x, kernel, stride=stride, padding=padding)
+    if kernel.shape[:2] == (1, 1) and padding == 0:
+        return pointwise_conv(x, kernel)
+    return _conv_tconv_grad(x, kernel, stride, padding)
+
+
 def im2col_grad_conv(x: Array, kernel: Array, *, stride: int, padding: int) -> Array:
     """XLA's forward; gradients of the im2col matmul (a 1×1 stride-1 conv: one dot)."""
     if kernel.shape[:2] == (1, 1) and stride == 1 and padding == 0:
@@ -109,11 +152,12 @@ def im2col_grad_conv(x: Array, kernel: Array, *, stride: int, padding: int) -> A
 IMPLEMENTATIONS: dict[str, Callable[..., Array]] = {
     "xla": xla_conv,
     "im2col": im2col_grad_conv,
+    "im2col_tconv": im2col_tconv_conv,
 }
 
 # Chosen from measurement (docs/benchmarks.md). GPU/TPU: XLA's conv until
 # benchmarks/gpu_check.py says otherwise.
-DEFAULT_IMPL_BY_BACKEND: dict[str, str] = {"cpu": "im2col", "gpu": "xla", "tpu": "xla"}
+DEFAULT_IMPL_BY_BACKEND: dict[str, str] = {"cpu": "im2col_tconv", "gpu": "xla", "tpu": "xla"}
 
 
 def available_impls() -> list[str]:
