@@ -123,8 +123,36 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+# The SIMD/matrix ISA extensions that decide which kernels XLA's and PyTorch's CPU
+# backends can use (AVX-512, bf16/VNNI dot products, AMX tiles).
+ISA_FLAG_PREFIXES = ("sse4", "avx", "fma", "f16c", "amx")
+
+
+def cpu_isa_flags() -> list[str]:
+    """The host's SIMD ISA flags from ``/proc/cpuinfo`` (``ISA_FLAG_PREFIXES``), sorted;
+    empty where it cannot be read (not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    return sorted(fl for fl in flags if fl.startswith(ISA_FLAG_PREFIXES))
+    except OSError:
+        pass
+    return []
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages (``uptime``), None where unavailable."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def machine_info(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Host description and library versions for result files."""
+    """Host description and library versions for result files (``load_average`` is
+    the one at this call: the machine may be shared)."""
     import flax
     import jax
     import jaxlib
@@ -133,6 +161,8 @@ def machine_info(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     info = {
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
+        "cpu_isa_flags": cpu_isa_flags(),
+        "load_average": load_average(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "jax": jax.__version__,
