@@ -330,10 +330,10 @@ def model_estimate(times: dict, model: str, res: int) -> tuple[float, float]:
 def markdown(result: dict) -> str:
     kinds = [k for k in CONTENDERS if k in result["times"]]
     seg = result.get("parts") == "fpn"
-    what = f"Semantic FPN on `{result['model']}`, {SEG_CLASSES} classes" if seg else f"`{result['model']}`"
+    what = f"Semantic FPN on `{result['model']}` ({SEG_CLASSES} classes)" if seg else f"`{result['model']}`"
     m = result["machine"]
     lines = [
-        f"Run {result['date']}: {what} parts, batch {result['batch']}, "
+        f"Run {result['date']}: parts of {what}, batch {result['batch']}, "
         f"{result['res']}×{result['res']} input, float32, median of {result['reps']} "
         "(ms; forward / forward+backward). `jax` = our defaults "
         f"(depth-wise `{result['impl']}`, dense conv `{result['conv_impl']}`"
