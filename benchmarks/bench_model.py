@@ -323,7 +323,9 @@ def torch_contenders(spec, args, images, labels, variables_np, kinds, modes=("in
 # ---------------------------------------------------------------------- report
 
 def fmt_rate(stats: dict) -> str:
-    return f"{stats['img_per_s_median']:.1f} ({stats['img_per_s_min']:.1f}–{stats['img_per_s_max']:.1f})"
+    # Three decimals below 1 img/s (a 512² segmentation step on the CPU is ~0.05 img/s).
+    f = lambda v: f"{v:.1f}" if v >= 1 else f"{v:.3f}"  # noqa: E731
+    return f"{f(stats['img_per_s_median'])} ({f(stats['img_per_s_min'])}–{f(stats['img_per_s_max'])})"
 
 
 def _shared(result: dict) -> bool:
