@@ -6,17 +6,28 @@ standard-conv model) and achieved GFLOP/s (MFU where the peak is known). Contend
 are timed round-robin (interleaved) so a shared, noisy machine slows them alike;
 medians and min–max are reported, with JAX/PyTorch ratios.
 
-Usage (the table in docs/benchmarks.md)::
+A model is a classifier (``dmformer_s``: 1000 classes, cross-entropy on the logits)
+or a segmentation model ``HEAD:BACKBONE`` (``fpn:dmformer_s``, ``upernet:dmformer_s``:
+150 classes; the training loss is the segmentation task's, i.e. the logits resized
+bilinearly to the crop, cross-entropy with ignore 255, plus the auxiliary head's
+×0.4 for UperNet; the PyTorch twin is `dmformer_jax.torch_segmentation` with
+``F.interpolate`` + ``F.cross_entropy(ignore_index=255)``). Labels are random, ~10%
+of pixels 255.
+
+Usage (the tables in docs/benchmarks.md)::
 
     python benchmarks/bench_model.py --models dmformer_t,dmformer_s --batch 32 --res 224 \
         --reps 5 --out benchmarks/results/cpu_b32_r224.json --docs docs/benchmarks.md
+    python benchmarks/bench_model.py --models fpn:dmformer_s --batch 2 --res 512 --reps 3 \
+        --docs docs/benchmarks.md
 
-    python benchmarks/bench_model.py --smoke          # tiny sizes, seconds
+    python benchmarks/bench_model.py --smoke          # tiny sizes, a few minutes
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import multiprocessing as mp
@@ -38,12 +49,97 @@ from dmformer_jax import bench  # noqa: E402
 from dmformer_jax.host_memory import keep_freed_host_memory  # noqa: E402
 from dmformer_jax.models import dense_conv, depthwise  # noqa: E402
 
-NUM_CLASSES = 1000
+NUM_CLASSES = 1000  # classifiers (ImageNet)
+SEG_CLASSES = 150  # segmentation models (ADE20K)
+SEG_IGNORE_FRACTION = 0.1  # share of label pixels set to 255 (ignored)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """One ``--models`` entry: a classifier ``BACKBONE`` or a segmentation ``HEAD:BACKBONE``.
+
+    Everything that differs between the two kinds lives here (model constructors, labels,
+    loss, RNG streams), so the timing machinery below serves both.
+    """
+
+    name: str
+    backbone: str
+    head: str | None = None  # None: classifier
+
+    @classmethod
+    def parse(cls, name: str) -> "ModelSpec":
+        from dmformer_jax.models.registry import get_variant
+        from dmformer_jax.models.segmentation import HEADS
+
+        head, _, backbone = name.rpartition(":")
+        if head and head not in HEADS:
+            raise ValueError(f"unknown segmentation head {head!r} in {name!r}; valid heads: {', '.join(HEADS)}")
+        get_variant(backbone)  # raises with the valid names
+        return cls(name, backbone, head or None)
+
+    def jax_model(self, **overrides):
+        if self.head is None:
+            return dmformer_jax.create_model(self.backbone, NUM_CLASSES, **overrides)
+        return dmformer_jax.create_segmentation_model(self.backbone, self.head, SEG_CLASSES, **overrides)
+
+    def torch_model(self):
+        if self.head is None:
+            from dmformer_jax.torch_model import create_torch_model
+
+            return create_torch_model(self.backbone, NUM_CLASSES)
+        from dmformer_jax.torch_segmentation import create_torch_segmentation_model
+
+        return create_torch_segmentation_model(self.backbone, self.head, SEG_CLASSES)
+
+    def labels(self, rng: np.random.RandomState, batch: int, res: int) -> np.ndarray:
+        """int32 ``(B,)`` class ids, or ``(B, res, res)`` label maps with some 255 pixels."""
+        if self.head is None:
+            return rng.randint(0, NUM_CLASSES, batch).astype(np.int32)
+        y = rng.randint(0, SEG_CLASSES, (batch, res, res)).astype(np.int32)
+        y[rng.uniform(size=y.shape) < SEG_IGNORE_FRACTION] = 255
+        return y
+
+    def train_rngs(self, key) -> dict:
+        if self.head is None:
+            return {"drop_path": key}
+        return {"drop_path": key, "dropout": jax.random.fold_in(key, 1)}
+
+    def jax_loss(self, model):
+        """``loss(outputs, labels)`` as the trainer computes it."""
+        if self.head is None:
+            return lambda logits, y: optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        from dmformer_jax.tasks.segmentation import SegmentationTask
+
+        task = SegmentationTask()
+        task.aux_loss_weight = float(model.aux_loss_weight)
+        return lambda outputs, y: task.loss(outputs, {"label": y})[0]
+
+    def torch_loss(self):
+        """The same loss for the PyTorch twin's (NCHW) outputs."""
+        import torch.nn.functional as F
+
+        if self.head is None:
+            return F.cross_entropy
+
+        def seg_ce(logits, y):
+            logits = F.interpolate(logits, size=y.shape[1:], mode="bilinear", align_corners=False)
+            return F.cross_entropy(logits.float(), y, ignore_index=255)
+
+        aux_weight = float(self.jax_model().aux_loss_weight)
+
+        def loss(outputs, y):
+            if isinstance(outputs, dict):  # UperNet in training: + the auxiliary head's loss
+                return seg_ce(outputs["logits"], y) + aux_weight * seg_ce(outputs["aux_logits"], y)
+            return seg_ce(outputs, y)
+
+        return loss
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="dmformer_t,dmformer_s")
+    p.add_argument("--models", default="dmformer_t,dmformer_s",
+                   help="comma-separated classifiers (dmformer_s) and segmentation models "
+                        "HEAD:BACKBONE (fpn:dmformer_s, upernet:dmformer_s)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--res", type=int, default=224)
     p.add_argument("--reps", type=int, default=5, help="timed repetitions per contender")
@@ -62,29 +158,33 @@ def parse_args(argv=None):
                    help="all contenders alive and timed round-robin, or one alive at a time")
     p.add_argument("--out", default=None, help="JSON result path (default benchmarks/results/<tag>.json)")
     p.add_argument("--docs", default=None, help="markdown file whose generated section is replaced")
-    p.add_argument("--smoke", action="store_true", help="dmformer_tiny_test, batch 2, 64 px, 1 rep")
+    p.add_argument("--smoke", action="store_true",
+                   help="dmformer_tiny_test and fpn:dmformer_tiny_test, batch 2, 64 px, 1 rep")
     args = p.parse_args(argv)
     if args.smoke:
-        args.models, args.batch, args.res, args.reps, args.warmup = "dmformer_tiny_test", 2, 64, 1, 1
+        args.models, args.batch, args.res, args.reps, args.warmup = (
+            "dmformer_tiny_test,fpn:dmformer_tiny_test", 2, 64, 1, 1)
     if args.res % 32:
         p.error(f"--res must be divisible by 32, got {args.res}")
+    try:
+        args.specs = [ModelSpec.parse(n) for n in args.models.split(",") if n]
+    except (KeyError, ValueError) as e:
+        p.error(str(e.args[0] if e.args else e))
     return args
 
 
 # ---------------------------------------------------------------- JAX contenders
 
-def jax_contenders(name, args, images, labels, modes=("infer", "train")):
+def jax_contenders(spec, args, images, labels, modes=("infer", "train")):
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    model = dmformer_jax.create_model(
-        name, NUM_CLASSES, depthwise_impl=args.impl, conv_impl=args.conv_impl, dtype=dtype
-    )
+    model = spec.jax_model(depthwise_impl=args.impl, conv_impl=args.conv_impl, dtype=dtype)
     variables = jax.tree.map(jnp.asarray, bench.random_variables(model, images.shape))
     x, y = jnp.asarray(images), jnp.asarray(labels)
     out = {}
 
     infer = jax.jit(lambda v, x: model.apply(v, x, train=False))
     if "infer" not in modes:
-        return _jax_train(model, name, args, x, y, variables, dtype, out)
+        return _jax_train(model, spec, args, x, y, variables, dtype, out)
     start = time.perf_counter()
     infer_c = infer.lower(variables, x).compile()
     out["infer_compile_s"] = time.perf_counter() - start
@@ -93,22 +193,22 @@ def jax_contenders(name, args, images, labels, modes=("infer", "train")):
     def run_infer():
         jax.block_until_ready(infer_c(variables, x))
 
-    ref_model = dmformer_jax.create_model(name, NUM_CLASSES, depthwise_impl="xla", conv_impl="xla", dtype=dtype)
+    ref_model = spec.jax_model(depthwise_impl="xla", conv_impl="xla", dtype=dtype)
     ref_infer = jax.jit(lambda v, x: ref_model.apply(v, x, train=False)).lower(variables, x)
     out["infer_flops"] = flops_of(ref_infer)
     return {"infer": run_infer}, out
 
 
-def _jax_train(model, name, args, x, y, variables, dtype, out):
+def _jax_train(model, spec, args, x, y, variables, dtype, out):
     tx = optax.adamw(1e-3, weight_decay=0.05)
+    loss_of = spec.jax_loss(model)
 
     def loss_fn(params, batch_stats, x, y, key):
-        logits, updates = model.apply(
+        outputs, updates = model.apply(
             {"params": params, "batch_stats": batch_stats}, x, train=True,
-            mutable=["batch_stats"], rngs={"drop_path": key},
+            mutable=["batch_stats"], rngs=spec.train_rngs(key),
         )
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-        return loss, updates["batch_stats"]
+        return loss_of(outputs, y), updates["batch_stats"]
 
     @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
     def train_step(params, batch_stats, opt_state, x, y, key):
@@ -134,12 +234,12 @@ def _jax_train(model, name, args, x, y, variables, dtype, out):
     # Model FLOPs: XLA's cost analysis of the lowered (unoptimised) HLO of the
     # standard-conv model, so every depth-wise impl is credited the same useful work
     # (the scan in shift_add_vjp would otherwise be counted once, not per row).
-    ref_model = dmformer_jax.create_model(name, NUM_CLASSES, depthwise_impl="xla", conv_impl="xla", dtype=dtype)
+    ref_model = spec.jax_model(depthwise_impl="xla", conv_impl="xla", dtype=dtype)
 
     def ref_loss(params, batch_stats, x, y):
-        logits, _ = ref_model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
-                                    mutable=["batch_stats"], rngs={"drop_path": key})
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        outputs, _ = ref_model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                                     mutable=["batch_stats"], rngs=spec.train_rngs(key))
+        return loss_of(outputs, y)
 
     ref_train = jax.jit(jax.grad(ref_loss)).lower(variables["params"], variables["batch_stats"], x, y)
     out["train_flops"] = flops_of(ref_train)
@@ -171,21 +271,20 @@ def memory_analysis(compiled) -> dict | None:
 
 # ------------------------------------------------------------ PyTorch contenders
 
-def torch_contenders(name, args, images, labels, variables_np, kinds, modes=("infer", "train")):
+def torch_contenders(spec, args, images, labels, variables_np, kinds, modes=("infer", "train")):
     import torch
-    import torch.nn.functional as F
 
     from dmformer_jax.checkpoint.convert import flax_to_torch_state_dict
-    from dmformer_jax.torch_model import create_torch_model
 
     torch.set_num_threads(args.torch_threads)
     x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
     y = torch.from_numpy(labels.astype(np.int64))
     autocast = args.dtype == "bfloat16"
+    loss_of = spec.torch_loss()
     runs, info = {}, {}
 
     def fresh():
-        m = create_torch_model(name, NUM_CLASSES)
+        m = spec.torch_model()
         sd = flax_to_torch_state_dict(variables_np, like=m.state_dict())
         m.load_state_dict({k: torch.tensor(v) for k, v in sd.items()})
         return m
@@ -207,7 +306,7 @@ def torch_contenders(name, args, images, labels, variables_np, kinds, modes=("in
         def run_train(fn=train_fn, opt=opt):
             opt.zero_grad(set_to_none=True)
             with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
-                loss = F.cross_entropy(fn(x), y)
+                loss = loss_of(fn(x), y)
             loss.backward()
             opt.step()
 
@@ -224,7 +323,16 @@ def torch_contenders(name, args, images, labels, variables_np, kinds, modes=("in
 # ---------------------------------------------------------------------- report
 
 def fmt_rate(stats: dict) -> str:
-    return f"{stats['img_per_s_median']:.1f} ({stats['img_per_s_min']:.1f}–{stats['img_per_s_max']:.1f})"
+    # Three decimals below 1 img/s (a 512² segmentation step on the CPU is ~0.05 img/s).
+    f = lambda v: f"{v:.1f}" if v >= 1 else f"{v:.3f}"  # noqa: E731
+    return f"{f(stats['img_per_s_median'])} ({f(stats['img_per_s_min'])}–{f(stats['img_per_s_max'])})"
+
+
+def _shared(result: dict) -> bool:
+    """Whether the load average exceeded what the benchmark itself adds (its cores)."""
+    loads = [result["machine"].get("load_average"), result.get("load_average_end")]
+    threads = result["machine"].get("torch_threads") or 2
+    return any(load and load[0] > threads + 0.5 for load in loads)
 
 
 def markdown(result: dict) -> str:
@@ -240,8 +348,11 @@ def markdown(result: dict) -> str:
         f"Machine: {m['cpu_model']}, {m['cpu_count']} cores, {m['platform']}; JAX {m['jax']} "
         f"(backend {m['jax_backend']}, XLA threads: default, XLA_FLAGS='{m['xla_flags']}'), "
         f"GLIBC_TUNABLES='{m.get('glibc_tunables', '')}' (all contenders), "
-        f"Flax {m['flax']}, PyTorch {m.get('torch', '-')} ({m.get('torch_threads', '-')} threads). "
-        f"ISA: {m.get('cpu_isa', 'not recorded')}.",
+        f"Flax {m['flax']}, PyTorch {m.get('torch', '-')} ({m.get('torch_threads', '-')} threads).",
+        "",
+        f"CPU ISA flags: {' '.join(m.get('cpu_isa_flags') or ['n/a'])}. Load average (1, 5, 15 min) "
+        f"at the start {m.get('load_average')}, at the end {result.get('load_average_end')}"
+        + (" (the machine was shared: ratios are indicative)." if _shared(result) else "."),
         "",
         "| model | mode | JAX | PyTorch eager | torch.compile | JAX/eager | JAX/compile | JAX GFLOP/s | MFU |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -318,7 +429,7 @@ def roofline_lines(result: dict) -> list[str]:
     ]
 
 
-def _worker(conn, kind, name, args, images, labels, variables_np, mode):
+def _worker(conn, kind, spec, args, images, labels, variables_np, mode):
     """One contender in its own process: builds it, then runs one step per 'run'.
 
     Separate processes keep XLA's and PyTorch's thread pools from competing for the
@@ -329,10 +440,10 @@ def _worker(conn, kind, name, args, images, labels, variables_np, mode):
         if args.keep_host_memory:
             keep_freed_host_memory()  # every contender alike (PyTorch's allocator as well)
         if kind == "jax":
-            runs, info = jax_contenders(name, args, images, labels, modes=(mode,))
+            runs, info = jax_contenders(spec, args, images, labels, modes=(mode,))
             fn = runs[mode]
         else:
-            runs, info = torch_contenders(name, args, images, labels, variables_np, [kind], modes=(mode,))
+            runs, info = torch_contenders(spec, args, images, labels, variables_np, [kind], modes=(mode,))
             fn = runs[f"torch_{kind}"][mode]
         conn.send(("ready", info))
         while True:
@@ -354,7 +465,7 @@ def _worker(conn, kind, name, args, images, labels, variables_np, mode):
         conn.send(("error", f"{type(e).__name__}: {e}"))
 
 
-def run_phase(name, args, images, labels, variables_np, mode, kinds):
+def run_phase(spec, args, images, labels, variables_np, mode, kinds):
     """Times JAX and the PyTorch ``kinds`` in ``mode``. Returns ``(stats, infos, rss)``;
     ``rss`` also holds each worker's 2048² float32 GEMM GFLOP/s (``<key>_gemm_gflops``).
 
@@ -367,14 +478,14 @@ def run_phase(name, args, images, labels, variables_np, mode, kinds):
     groups = [contenders] if args.schedule == "interleaved" else [[k] for k in contenders]
     stats, infos, rss = {}, {}, {}
     for group in groups:
-        s, i, r = _time_workers(name, args, images, labels, variables_np, mode, group)
+        s, i, r = _time_workers(spec, args, images, labels, variables_np, mode, group)
         stats.update(s)
         infos.update(i)
         rss.update(r)
     return stats, infos, rss
 
 
-def _time_workers(name, args, images, labels, variables_np, mode, kinds):
+def _time_workers(spec, args, images, labels, variables_np, mode, kinds):
     """Starts one worker per contender in ``kinds`` (one after another, so compiles do
     not overlap), times them round-robin, stops them."""
     ctx = mp.get_context("spawn")
@@ -383,7 +494,7 @@ def _time_workers(name, args, images, labels, variables_np, mode, kinds):
     try:
         for kind in kinds:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, kind, name, args, images, labels, variables_np, mode))
+            proc = ctx.Process(target=_worker, args=(child, kind, spec, args, images, labels, variables_np, mode))
             proc.start()
             status, info = parent.recv()
             if status == "error":
@@ -446,18 +557,18 @@ def main(argv=None) -> int:
         "machine": bench.machine_info(extra), "models": {},
     }
     rng = np.random.RandomState(0)
-    for name in args.models.split(","):
+    for spec in args.specs:
+        name = spec.name
         print(f"== {name}", flush=True)
         images = rng.randn(args.batch, args.res, args.res, 3).astype(np.float32)
-        labels = rng.randint(0, NUM_CLASSES, args.batch).astype(np.int32)
-        model = dmformer_jax.create_model(name, NUM_CLASSES)
-        variables_np = bench.random_variables(model, images.shape)
+        labels = spec.labels(rng, args.batch, args.res)
+        variables_np = bench.random_variables(spec.jax_model(), images.shape)
         entry = {"jax_info": {}, "torch_info": {}, "timings": {}, "ratios": {}, "rss_bytes": {}}
         for mode in modes:
             mode_kinds = kinds
             if mode == "train" and args.torch_train is not None:
                 mode_kinds = [k for k in args.torch_train.split(",") if k and k != "none"]
-            stats, infos, rss = run_phase(name, args, images, labels, variables_np, mode, mode_kinds)
+            stats, infos, rss = run_phase(spec, args, images, labels, variables_np, mode, mode_kinds)
             entry["jax_info"].update(infos.pop("jax"))
             for info in infos.values():
                 entry["torch_info"].update(info)
@@ -488,6 +599,7 @@ def main(argv=None) -> int:
         result["models"][name] = entry
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(result, indent=1))  # partial results survive a later failure
+    result["load_average_end"] = bench.load_average()
     bench.publish(result, markdown(result), tag, out_path, args.docs)
     return 0
 

@@ -178,8 +178,17 @@ def gemm_gflops(library: str, n: int = 2048, reps: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages (``uptime``), None where unavailable."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def machine_info(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Host description and library versions for result files."""
+    """Host description and library versions for result files (``load_average`` is
+    the one at this call: the machine may be shared)."""
     import flax
     import jax
     import jaxlib
@@ -190,6 +199,7 @@ def machine_info(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         "cpu_isa": isa_line(cpu_isa_flags()),
         "cpu_count": os.cpu_count(),
         "cpu_isa_flags": cpu_isa_flags(),
+        "load_average": load_average(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "jax": jax.__version__,

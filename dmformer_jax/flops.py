@@ -63,3 +63,14 @@ def xla_flops(fn: Callable[..., Any], *args: Any) -> float:
     if isinstance(analysis, (list, tuple)):  # older JAX returned one dict per device
         analysis = analysis[0]
     return float(analysis["flops"])
+
+
+def lowered_flops(fn: Callable[..., Any], *args: Any) -> float:
+    """FLOPs of ``fn(*args)`` by XLA's cost analysis of the *lowered* (unoptimised) HLO,
+    without compiling; the count `benchmarks/bench_model.py` and `gpu_check.py` use for
+    training steps (a ``lax.scan`` body is counted once, so count models built with
+    ``depthwise_impl='xla'``). Args may be ``jax.ShapeDtypeStruct``."""
+    analysis = jax.jit(fn).lower(*args).cost_analysis()
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0]
+    return float(analysis["flops"])
