@@ -2,18 +2,15 @@
 
 import os
 
-# Must precede the first `import jax` anywhere in the test session.
-# In-process tests compile many small programs that run once or a few times, so they
-# compile with LLVM's cheap settings (the same options `models.init` uses for init):
-# 29% less CPU for test_models/test_seg_models/test_seg_task (198 -> 141 CPU s,
-# 2026-11-27). These options change how fast code runs, not its values (XLA CPU keeps
-# fast-math off). Subprocess runs of train.py set their own XLA_FLAGS, so they compile
-# as a user's run does.
-os.environ.setdefault(
-    "XLA_FLAGS",
-    "--xla_force_host_platform_device_count=8 "
-    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
-)
+from subprocess_runs import xla_flags  # noqa: E402  (tests/ is on sys.path; imports no JAX)
+
+# Must precede the first `import jax` anywhere in the test session. In-process tests
+# compile many small programs that run once or a few times, so they compile with LLVM's
+# cheap settings too (`subprocess_runs.CHEAP_COMPILE_FLAGS`, also what `models.init`
+# uses for init): 29% less CPU for test_models/test_seg_models/test_seg_task (198 ->
+# 141 CPU s), no change for the in-process training of test_learning (53 vs 51 CPU s),
+# 2026-11-27. Values are unchanged (XLA CPU keeps fast-math off).
+os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

@@ -27,6 +27,7 @@ from dmformer_jax.errors import CheckpointError
 
 sys.path.insert(0, os.path.dirname(__file__))
 import research_fixture  # noqa: E402
+from subprocess_runs import xla_flags  # noqa: E402  (tests/ is on sys.path)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,10 +81,11 @@ sys.stdout.buffer.write(pickle.dumps(out))
 """
 
 
+@pytest.mark.slow  # a subprocess that imports and compiles again (~20 CPU s); CI runs it
 def test_load_checkpoint_saved_on_8_devices_onto_1(pretrained):
     workdir, arrays = pretrained
     assert arrays["num_devices"] == 8  # the fixture really saved from 8 devices
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1), JAX_PLATFORMS="cpu",
                PYTHONPATH=REPO)
     p = subprocess.run([sys.executable, "-c", LOAD_ON_ONE_DEVICE, workdir], env=env, capture_output=True,
                        timeout=300)

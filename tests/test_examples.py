@@ -19,6 +19,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 import research_fixture  # noqa: E402
+from subprocess_runs import xla_flags  # noqa: E402  (tests/ is on sys.path)
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +43,7 @@ def runs_dir(tmp_path_factory):
 
 
 def _env():
-    return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
+    return dict(os.environ, XLA_FLAGS=xla_flags(1), JAX_PLATFORMS="cpu",
                 PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
 
 

@@ -21,6 +21,7 @@ from dmformer_jax.models.pretrained import merge_pretrained
 
 sys.path.insert(0, os.path.dirname(__file__))
 import research_fixture  # noqa: E402
+from subprocess_runs import xla_flags  # noqa: E402  (tests/ is on sys.path)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -161,7 +162,7 @@ def test_resolution_does_not_change_any_parameter_shape():
 @pytest.mark.slow
 def test_train_py_finetunes_from_checkpoint_at_another_resolution(tmp_path_factory, tmp_path):
     workdir, arrays = research_fixture.cached_checkpoint(tmp_path_factory)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+    env = dict(os.environ, XLA_FLAGS=xla_flags(2), JAX_PLATFORMS="cpu",
                PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
     out = tmp_path / "ft"
     cmd = [sys.executable, "train.py", "--config", "configs/finetune.py", f"--workdir={out}",

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from tiny_configs import digits_config
+from subprocess_runs import xla_flags  # noqa: E402  (tests/ is on sys.path)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,7 +29,7 @@ def _free_port() -> int:
 
 def _worker_env(devices: int = 1) -> dict:
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO,
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+               XLA_FLAGS=xla_flags(devices))
     for key in [k for k in env if k.startswith(("SLURM_", "OMPI_"))]:
         del env[key]
     return env
@@ -374,7 +375,7 @@ class _Pod:
         from subprocess_runs import train_cmd
 
         port = _free_port()
-        e = dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}")
+        e = dict(env, XLA_FLAGS=xla_flags(DEVICES_PER_PROCESS))
         for key in [k for k in e if k.startswith(("SLURM_", "OMPI_"))]:
             del e[key]
         self.procs, self.lines, self.threads = [], [], []

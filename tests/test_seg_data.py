@@ -427,6 +427,7 @@ def test_eval_plan_buckets_shapes():
 # -------------------------------------------------------------------- offline set
 
 
+@pytest.mark.slow  # builds the whole 3,300-image offline set (~11 CPU s); CI runs it
 def test_shapes_dataset_builds_with_its_classes_and_is_learnable_by_colour(tmp_path):
     config = _config(tmp_path / "tfds", name="dmformer_seg_shapes", size=64)
     info = seg.dataset_info(config)

@@ -266,6 +266,7 @@ def test_train_step_rngs_keep_drop_path_and_add_dropout():
     assert not np.array_equal(jax.random.key_data(rngs["dropout"]), jax.random.key_data(key))
 
 
+@pytest.mark.slow  # UperNet init + train-mode compile (~17 CPU s); CI runs it
 def test_upernet_training_outputs_feed_the_aux_loss_with_the_step_rngs():
     """The model in train mode with the step's RNG streams (dropout included) returns
     aux logits, and the task's loss adds them with the configured weight."""
@@ -355,7 +356,7 @@ def test_seg_default_trains_and_evaluates_end_to_end(tmp_path_factory):
     from tests import subprocess_runs as sp
 
     env = sp.session_env(tmp_path_factory.getbasetemp())
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    env["XLA_FLAGS"] = sp.xla_flags(2)
     workdir = tmp_path_factory.mktemp("seg_e2e") / "run"
     base = [
         "--config", "configs/seg_default.py",

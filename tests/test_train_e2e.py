@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 import pytest
+from subprocess_runs import xla_flags  # noqa: E402  (tests/ is on sys.path)
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +68,7 @@ def _args(env, workdir, *extra):
 
 
 def _run(env, workdir, *extra, devices=4, timeout=600):
-    e = dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    e = dict(env, XLA_FLAGS=xla_flags(devices))
     p = subprocess.run(_args(env, workdir, *extra), cwd=REPO, env=e, capture_output=True, text=True,
                        timeout=timeout)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
@@ -158,7 +159,7 @@ def test_two_processes_match_one(env, uninterrupted, tmp_path):
     job = _slurm_job_id()
     procs = []
     for i in range(2):
-        e = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2", SLURM_JOB_ID=str(job),
+        e = dict(env, XLA_FLAGS=xla_flags(2), SLURM_JOB_ID=str(job),
                  SLURM_NTASKS="2", SLURM_PROCID=str(i), SLURM_LOCALID=str(i), SLURM_STEP_NODELIST="localhost",
                  SLURM_STEP_NUM_NODES="1")
         procs.append(subprocess.Popen(_args(env, workdir), cwd=REPO, env=e, stdout=subprocess.PIPE,
@@ -177,7 +178,7 @@ def test_two_processes_match_one(env, uninterrupted, tmp_path):
 
 def test_sigterm_saves_and_resumes(env, tmp_path):
     workdir = str(tmp_path / "preempt")
-    e = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    e = dict(env, XLA_FLAGS=xla_flags(4))
     # Long enough that it is still running when the signal comes.
     args = _args(env, workdir, "--config.num_train_steps=100000")
     proc = subprocess.Popen(args, cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -205,7 +206,7 @@ def test_sigterm_saves_and_resumes(env, tmp_path):
 
 
 def test_eval_only_and_plot(env, uninterrupted, tmp_path):
-    e = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    e = dict(env, XLA_FLAGS=xla_flags(4))
     p = subprocess.run([sys.executable, "-m", "dmformer_jax.eval", f"--workdir={uninterrupted}"],
                        cwd=REPO, env=e, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]

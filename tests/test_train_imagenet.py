@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from ilsvrc_fixture import write_tiny_ilsvrc
+from subprocess_runs import xla_flags  # noqa: E402  (tests/ is on sys.path)
 
 pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,7 +22,7 @@ def test_imagenet_recipe_trains_and_evaluates(tmp_path):
     workdir = tmp_path / "run"
     data_dir = tmp_path / "new" / "tfds"  # not there yet: the first-run flow creates it
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO,
-               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+               XLA_FLAGS=xla_flags(8))
     cmd = [
         sys.executable, "train.py", "--config", "configs/dmformer_s.py", f"--workdir={workdir}",
         f"--config.data.manual_dir={tmp_path / 'manual'}", f"--config.data.data_dir={data_dir}",
