@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 from subprocess_runs import xla_flags  # noqa: E402  (tests/ is on sys.path; imports no JAX)
 
 # Must precede the first `import jax` anywhere in the test session. In-process tests
@@ -38,3 +40,18 @@ def pytest_unconfigure(config):
 
         shutil.rmtree(cache, ignore_errors=True)
         os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+
+
+@pytest.fixture(scope="module")
+def persistent_compile_cache(tmp_path_factory):
+    """Every compile of the module's tests goes to the persistent cache (also those under
+    JAX's 1 s default threshold), so tests that compile the same train step several
+    times load it after the first. Use with ``pytest.mark.usefixtures``."""
+    import jax
+
+    old = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_compilation_cache_dir", old[0] or str(tmp_path_factory.mktemp("xla_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    yield
+    jax.config.update("jax_compilation_cache_dir", old[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])

@@ -22,20 +22,9 @@ from dmformer_jax.train import loop
 from dmformer_jax.train.logger import read_metrics
 from test_seg_data import write_archive
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("persistent_compile_cache")]
 
 TOTAL, STOP = 4, 3
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-    # The three runs compile the same train step: the later ones load it from the cache.
-    old = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update("jax_compilation_cache_dir", old[0] or str(tmp_path_factory.mktemp("xla_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    yield
-    jax.config.update("jax_compilation_cache_dir", old[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
 
 
 @pytest.fixture(scope="module")

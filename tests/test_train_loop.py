@@ -14,7 +14,7 @@ from dmformer_jax import checkpoint as ckpt
 from dmformer_jax.tasks import get_task
 from dmformer_jax.train import loop
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("persistent_compile_cache")]
 
 
 class _NanFromStep3:
@@ -31,18 +31,6 @@ class _NanFromStep3:
             if step >= 2:  # the batch of step index 2 is the 3rd step
                 batch = dict(batch, image=np.full_like(batch["image"], np.nan))
             yield batch
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-    # Both tests compile the same train step: let the second reuse it (through the
-    # session's cache, tests/conftest.py, when there is one).
-    old = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update("jax_compilation_cache_dir", old[0] or str(tmp_path_factory.mktemp("xla_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    yield
-    jax.config.update("jax_compilation_cache_dir", old[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
