@@ -526,3 +526,18 @@ def test_photometric_distortion_matches_a_numpy_transcription_of_mmseg():
         assert np.mean(out != want) < 0.1
         np.testing.assert_array_equal(out, T.photometric_distortion(tf.constant(image), seed).numpy())
     assert np.all((steps >= 5) & (steps <= 19)), steps  # each step about half the time
+
+
+def test_flip_mirrors_image_and_label_together_or_neither():
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (5, 7, 3)).astype(np.float32)
+    label = rng.integers(0, 150, (5, 7)).astype(np.uint8)
+    outcomes = set()
+    for s in range(40):
+        got_image, got_label = T.random_flip(tf.constant(image), tf.constant(label), tf.constant([s, 1], tf.int64))
+        got_image, got_label = got_image.numpy(), got_label.numpy()
+        flipped = np.array_equal(got_image, image[:, ::-1])
+        assert flipped or np.array_equal(got_image, image)
+        np.testing.assert_array_equal(got_label, label[:, ::-1] if flipped else label)  # the same decision
+        outcomes.add(flipped)
+    assert outcomes == {True, False}  # p = 0.5: both happen in 40 draws
