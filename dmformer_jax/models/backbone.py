@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from dmformer_jax.models import layers
-from dmformer_jax.models.dma import DMA
+from dmformer_jax.models.dma import DMA, DMA_KNOB_NAMES, DMAFields
 
 Array = jax.Array
 FEATURE_NAMES = ("stage_0", "stage_1", "stage_2", "stage_3")
@@ -105,7 +105,7 @@ class Block(nn.Module):
         return x + drop_path(y, deterministic=not train)
 
 
-class BackboneFields(nn.Module):
+class BackboneFields(DMAFields):
     """The backbone's architecture fields, declared once.
 
     `Backbone`, the classifier `DMFormer` and `DMFormerSegmentation` inherit them, so a
@@ -120,16 +120,6 @@ class BackboneFields(nn.Module):
     layer_scale_init: float = 1e-5
     mlp_ratio: float = 4.0
     stem_hidden_width: int | None = None
-    expand_ratio: int = 3
-    kernel_sizes: Sequence[int] = (3, 5, 7)
-    dilations: Sequence[int] = (1, 2, 3)
-    fusion: str = "split"
-    gate_reduction: int = 4
-    inner_residual: bool = True
-    depthwise_impl: str = "auto"
-    conv_impl: str = "auto"
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
 
     def backbone_fields(self) -> dict[str, Any]:
         """This module's backbone fields by name, for ``Backbone(**..., name='backbone')``."""
@@ -188,16 +178,8 @@ class Backbone(BackboneFields):
                 "resize or crop the input"
             )
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        dma_kw = dict(
-            expand_ratio=self.expand_ratio,
-            kernel_sizes=layers.tuple_of(self.kernel_sizes),
-            dilations=layers.tuple_of(self.dilations),
-            fusion=self.fusion,
-            gate_reduction=self.gate_reduction,
-            inner_residual=self.inner_residual,
-            depthwise_impl=self.depthwise_impl,
-            conv_impl=self.conv_impl,
-        )
+        dma_kw = {name: getattr(self, name) for name in DMA_KNOB_NAMES}
+        dma_kw.update(kernel_sizes=layers.tuple_of(self.kernel_sizes), dilations=layers.tuple_of(self.dilations))
         total_blocks = sum(depths)
         rates = [self.drop_path_rate * i / max(total_blocks - 1, 1) for i in range(total_blocks)]
 

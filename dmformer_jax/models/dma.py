@@ -28,7 +28,30 @@ Array = jax.Array
 FUSIONS = ("split", "sum")
 
 
-class DMA(nn.Module):
+class DMAFields(nn.Module):
+    """DMA's knobs, declared once: `DMA` and the backbone's fields
+    (`dmformer_jax.models.backbone.BackboneFields`) inherit them. Meanings: `DMA`."""
+
+    expand_ratio: int = 3
+    kernel_sizes: Sequence[int] = (3, 5, 7)
+    dilations: Sequence[int] = (1, 2, 3)
+    fusion: str = "split"
+    gate_reduction: int = 4
+    inner_residual: bool = True
+    depthwise_impl: str = "auto"
+    conv_impl: str = "auto"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+
+# The knobs a backbone passes through to each block's DMA (its dtypes go separately).
+DMA_KNOB_NAMES = (
+    "expand_ratio", "kernel_sizes", "dilations", "fusion", "gate_reduction", "inner_residual",
+    "depthwise_impl", "conv_impl",
+)
+
+
+class DMA(DMAFields):
     """Dynamic Multi-level Attention on ``(B, H, W, C)`` -> ``(B, H, W, C)``.
 
     Attributes:
@@ -41,17 +64,6 @@ class DMA(nn.Module):
       depthwise_impl: see `dmformer_jax.models.depthwise`.
       conv_impl: how the 1×1 convs are computed (`dmformer_jax.models.dense_conv`).
     """
-
-    expand_ratio: int = 3
-    kernel_sizes: Sequence[int] = (3, 5, 7)
-    dilations: Sequence[int] = (1, 2, 3)
-    fusion: str = "split"
-    gate_reduction: int = 4
-    inner_residual: bool = True
-    depthwise_impl: str = "auto"
-    conv_impl: str = "auto"
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
 
     def _check(self, channels: int) -> None:
         kernel_sizes, dilations = tuple(self.kernel_sizes), tuple(self.dilations)
