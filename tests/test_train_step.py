@@ -250,3 +250,48 @@ def test_eval_step_uses_running_statistics_in_inference_mode():
     z = z - z.max(-1, keepdims=True)
     loss = -np.sum((z - np.log(np.exp(z).sum(-1, keepdims=True)))[np.arange(n), labels])
     assert float(sums["loss"]) == pytest.approx(loss, rel=1e-5)
+
+
+def test_make_train_step_over_the_mesh_normalises_uint8_and_matches_numpy():
+    """The jitted, sharded step the trainer runs: uint8 pixels normalised on the device
+    with ``mean``/``std``, gradient accumulation and EMA passed through, the batch split
+    over every device, the state donated, metrics replicated."""
+    mesh = mesh_lib.make_mesh()
+    n = 2 * jax.device_count()
+    mean, std = np.array([0.4, 0.5, 0.6]), np.array([0.2, 0.25, 0.3])
+    decay, lr, accum = 0.5, 0.4, 2
+    tx = optax.MultiSteps(optax.sgd(lr), accum)
+    state = _state(tx, ema=True)
+    sharding = jax.tree.map(lambda _: mesh_lib.replicated(mesh), state)
+    state = jax.device_put(state, sharding)
+    step = step_lib.make_train_step(TASK, Linear(), tx, optax.constant_schedule(lr), mesh, sharding,
+                                    grad_accum_steps=accum, ema_decay=decay, mean=mean, std=std)
+    w, b = _wb(state.params)
+    ew, eb = w.copy(), b.copy()
+    acc_w, acc_b = np.zeros_like(w), np.zeros_like(b)
+    rng = np.random.default_rng(11)
+    for i in range(2 * accum):
+        pixels = rng.integers(0, 256, (n, 2, 2, 3)).astype(np.uint8)
+        labels = np.eye(K, dtype=np.float32)[rng.integers(0, K, n)]
+        x = ((pixels / 255.0 - mean) / std).reshape(n, -1)
+        z = x @ w + b
+        p = np.exp(z - z.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        loss = -np.mean(np.sum(labels * np.log(p), -1))
+        dz = (p - labels) / n
+        acc_w, acc_b = acc_w + x.T @ dz / accum, acc_b + dz.sum(0) / accum
+        if (i + 1) % accum == 0:
+            w, b = w - lr * acc_w, b - lr * acc_b
+            acc_w, acc_b = np.zeros_like(w), np.zeros_like(b)
+            ew, eb = decay * ew + (1 - decay) * w, decay * eb + (1 - decay) * b
+        batch = mesh_lib.global_batch(mesh, {"image": pixels, "label": labels})
+        assert len(batch["image"].sharding.device_set) == jax.device_count()
+        old = state
+        state, metrics = step(state, batch)
+        assert old.params["Dense_0"]["kernel"].is_deleted()  # donated: no second copy of the state
+        assert float(metrics["loss"]) == pytest.approx(loss, rel=1e-5), i
+        assert metrics["loss"].sharding.is_fully_replicated
+        assert state.params["Dense_0"]["kernel"].sharding.is_equivalent_to(mesh_lib.replicated(mesh), 2)
+        np.testing.assert_allclose(_wb(state.params)[0], w, rtol=1e-4, atol=1e-6, err_msg=f"micro-step {i + 1}")
+        np.testing.assert_allclose(_wb(state.ema_params)[0], ew, rtol=1e-4, atol=1e-6, err_msg=f"micro-step {i + 1}")
+    assert int(state.step) == 2 * accum
