@@ -295,3 +295,43 @@ def test_make_train_step_over_the_mesh_normalises_uint8_and_matches_numpy():
         np.testing.assert_allclose(_wb(state.params)[0], w, rtol=1e-4, atol=1e-6, err_msg=f"micro-step {i + 1}")
         np.testing.assert_allclose(_wb(state.ema_params)[0], ew, rtol=1e-4, atol=1e-6, err_msg=f"micro-step {i + 1}")
     assert int(state.step) == 2 * accum
+
+
+@pytest.mark.parametrize("ema_decay", [0.5, None])
+def test_the_trainers_eval_reports_the_ema_parameters_when_ema_is_on(ema_decay):
+    """The loop's wiring (`loop.make_eval_step`, used by the Trainer's evals and by
+    eval-only runs): with ``optim.ema_decay`` set, the reported loss is the EMA
+    parameters'; without it, the raw parameters'."""
+    import train_synthetic as syn
+    from dmformer_jax.train import loop
+    from dmformer_jax.train import optim
+
+    config = syn.tiny_config(**{"optim.ema_decay": ema_decay})
+    mesh = mesh_lib.make_mesh()
+    state = _eval_state(ema=True)
+    if ema_decay is None:
+        state = state.replace(ema_params=None)
+    sharding = jax.tree.map(lambda _: mesh_lib.replicated(mesh), state)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, sharding)
+    tx = optax.sgd(0.0)
+    setup = loop._Setup(Linear(), tx, optax.constant_schedule(0.0), optim.plan_steps(config, syn.NUM_TRAIN),
+                        mesh, abstract, K)
+    trainer = loop.Trainer(config, "unused", task=TASK, data=None, info=None, setup=setup, saver=None,
+                           state=state, start=0)
+    n = 2 * jax.device_count()
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(n, 2, 2, 3)).astype(np.float32)
+    labels = rng.integers(0, K, n).astype(np.int32)
+    batch = mesh_lib.global_batch(mesh, {"image": x, "label": labels, "mask": np.ones(n, bool)})
+    sums = jax.device_get(trainer.eval_step(jax.device_put(state, sharding), batch))
+
+    def loss(params):
+        w, b = _wb(params)
+        z = x.reshape(n, -1).astype(np.float64) @ w + b
+        z = z - z.max(-1, keepdims=True)
+        return -np.sum((z - np.log(np.exp(z).sum(-1, keepdims=True)))[np.arange(n), labels])
+
+    expected = loss(state.ema_params if ema_decay is not None else state.params)
+    assert float(sums["loss"]) == pytest.approx(expected, rel=1e-5)
+    if ema_decay is not None:
+        assert abs(loss(state.params) - expected) > 1e-2 * abs(expected)

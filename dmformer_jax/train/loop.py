@@ -368,6 +368,16 @@ def _state_sharding(abstract_state: Any) -> Any:
     return jax.tree.map(lambda s: s.sharding, abstract_state)
 
 
+def make_eval_step(config: ml_collections.ConfigDict, task: Task, setup: _Setup):
+    """The run's eval step (`step_lib.make_eval_step`): the EMA parameters when
+    ``config.optim.ema_decay`` is set, the raw ones otherwise; uint8 inputs normalised
+    with the config's mean/std. One definition for training's evals and eval-only runs."""
+    return step_lib.make_eval_step(
+        task, setup.model, setup.mesh, _state_sharding(setup.abstract_state),
+        use_ema=config.optim.ema_decay is not None, mean=config.data.mean, std=config.data.std,
+    )
+
+
 # ----------------------------------------------------------------------------- train
 
 
@@ -471,10 +481,7 @@ class Trainer:
             grad_accum_steps=int(config.optim.grad_accum_steps), ema_decay=config.optim.ema_decay,
             mean=config.data.mean, std=config.data.std,
         )
-        self.eval_step = step_lib.make_eval_step(
-            task, setup.model, setup.mesh, state_sharding, use_ema=config.optim.ema_decay is not None,
-            mean=config.data.mean, std=config.data.std,
-        )
+        self.eval_step = make_eval_step(config, task, setup)
         self.writer: MetricsWriter | None = None
         self.pending: list[tuple[int, dict]] = []  # device metrics since the last check
         # Device prefetch: the next `device_prefetch` global batches are assembled and on
@@ -682,10 +689,6 @@ def evaluate_checkpoint(
         state, _ = ckpt.restore(mngr, step, s.abstract_state)
     finally:
         mngr.close()
-    eval_step = step_lib.make_eval_step(
-        task, s.model, s.mesh, _state_sharding(s.abstract_state), use_ema=config.optim.ema_decay is not None,
-        mean=config.data.mean, std=config.data.std,
-    )
-    metrics = run_evaluation(config, state, eval_step, s.mesh, data, task)
+    metrics = run_evaluation(config, state, make_eval_step(config, task, s), s.mesh, data, task)
     log(f"eval of {ckpt.checkpoint_dir(workdir)}/{step}: {task.eval_summary(metrics)}")
     return {**metrics, "step": step}
