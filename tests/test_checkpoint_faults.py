@@ -135,20 +135,20 @@ def test_unreadable_newest_steps_are_skipped_and_set_aside_never_deleted(workdir
     assert all("is missing" in w and "resuming from step 1" in w for w in warnings), warnings
 
 
-def test_a_step_set_aside_twice_keeps_both_copies(workdir):
+def test_a_step_set_aside_again_and_again_keeps_every_copy(workdir):
     _damage(workdir, 3)
     ckpt.restore_latest(workdir, _abstract(), log=lambda _: None, read_attempts=1)
-    # The rerun saves step 3 again, and that one is damaged too.
-    saver = ckpt.Saver(ckpt.make_manager(workdir, max_to_keep=5))
-    try:
-        saver.save(3, _state(3), _meta(3), force=True)
-        saver.wait()
-    finally:
-        saver.close()
-    _damage(workdir, 3)
-    _, _, step = ckpt.restore_latest(workdir, _abstract(), log=lambda _: None, read_attempts=1)
-    assert step == 2
-    assert sorted(os.listdir(workdir / ckpt.UNREADABLE_SUBDIR)) == ["3", "3.1"]
+    for _ in range(2):  # the rerun saves step 3 again, and that one is damaged too
+        saver = ckpt.Saver(ckpt.make_manager(workdir, max_to_keep=5))
+        try:
+            saver.save(3, _state(3), _meta(3), force=True)
+            saver.wait()
+        finally:
+            saver.close()
+        _damage(workdir, 3)
+        _, _, step = ckpt.restore_latest(workdir, _abstract(), log=lambda _: None, read_attempts=1)
+        assert step == 2
+    assert sorted(os.listdir(workdir / ckpt.UNREADABLE_SUBDIR)) == ["3", "3.1", "3.2"]
 
 
 def test_no_readable_step_is_an_error_listing_each_and_moves_nothing(workdir):
@@ -229,7 +229,7 @@ def test_a_failed_save_names_the_step_and_the_path(tmp_path):
         directory = ckpt.checkpoint_dir(tmp_path)
         shutil.rmtree(directory)
         directory.write_text("not a folder")
-        with pytest.raises(CheckpointSaveError, match=r"checkpoint step 2 could not be written to .*checkpoints/2: "):
+        with pytest.raises(CheckpointSaveError, match=r"checkpoint step 2 could not be written to .*checkpoints/2: [A-Za-z]+Error: \S"):
             saver.save(2, _state(2), _meta(2), force=True)
     finally:
         saver.close()

@@ -296,6 +296,22 @@ def test_make_train_step_over_the_mesh_normalises_uint8_and_matches_numpy():
         np.testing.assert_allclose(_wb(state.ema_params)[0], ew, rtol=1e-4, atol=1e-6, err_msg=f"micro-step {i + 1}")
     assert int(state.step) == 2 * accum
 
+    # The defaults: every micro-step is an update (the schedule advances each step), no EMA.
+    plain = optax.sgd(lr)
+    state = _state(plain, ema=False)
+    sharding = jax.tree.map(lambda _: mesh_lib.replicated(mesh), state)
+    state = jax.device_put(state, sharding)
+    w0 = _wb(state.params)[0]
+    step = step_lib.make_train_step(TASK, Linear(), plain, lambda count: 0.1 * (count + 1.0), mesh, sharding)
+    batch = mesh_lib.global_batch(mesh, {"image": x.reshape(n, 2, 2, 3).astype(np.float32), "label": labels})
+    lrs = []
+    for _ in range(2):
+        state, metrics = step(state, batch)
+        lrs.append(float(metrics["lr"]))
+    assert lrs == pytest.approx([0.1, 0.2])
+    assert state.ema_params is None and int(state.step) == 2
+    assert np.abs(_wb(state.params)[0] - w0).max() > 1e-4  # updated at the first micro-step
+
 
 @pytest.mark.parametrize("ema_decay", [0.5, None])
 def test_the_trainers_eval_reports_the_ema_parameters_when_ema_is_on(ema_decay):
