@@ -214,6 +214,15 @@ def test_save_interval_gates_saves_unless_forced(tmp_path):
         assert list(mngr.all_steps()) == [6, 7]  # max_to_keep=2 rotates the oldest out
     finally:
         mngr.close()
+    # The trainer's Saver keeps the interval too, unless told to force (its final save).
+    saver = ckpt.Saver(ckpt.make_manager(tmp_path / "saver", save_interval_steps=3, max_to_keep=9))
+    try:
+        for s in range(1, 8):
+            saver.save(s, _state(s), _meta(s), force=s == 7)
+            saver.wait()
+        assert list(saver.mngr.all_steps()) == [1, 3, 6, 7]
+    finally:
+        saver.close()
 
 
 def test_a_failed_save_names_the_step_and_the_path(tmp_path):
