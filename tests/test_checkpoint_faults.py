@@ -243,3 +243,41 @@ def test_a_failed_save_names_the_step_and_the_path(tmp_path):
     finally:
         saver.close()
     assert directory.read_text() == "not a folder"  # nothing else written over it
+
+
+def test_check_settles_a_finished_save_without_blocking(tmp_path):
+    """The trainer calls `Saver.check` every step and `wait` only at the end: a finished
+    background save is settled by `check` (the step committed, then its manifest
+    written), with no `wait`."""
+    import time
+
+    saver = ckpt.Saver(ckpt.make_manager(tmp_path, max_to_keep=5))
+    manifest = ckpt.checkpoint_dir(tmp_path) / "1" / ckpt.MANIFEST
+    try:
+        saver.save(1, _state(1), _meta(1), force=True)
+        deadline = time.monotonic() + 60
+        while not manifest.exists() and time.monotonic() < deadline:
+            saver.check()
+            time.sleep(0.01)
+        assert manifest.exists(), "check() never settled the finished save"
+        deadline = time.monotonic() + 60
+        while saver._manifest is not None and time.monotonic() < deadline:
+            saver.check()  # collects the finished manifest job
+            time.sleep(0.01)
+        assert saver._manifest is None and saver._pending is None
+        assert ckpt.verify_manifest(ckpt.checkpoint_dir(tmp_path) / "1") is None
+
+        # While a save is still being written, check() returns at once: it never waits.
+        saver.save(2, _state(2), _meta(2), force=True)
+        saver.mngr.wait_until_finished()
+        waits: list[int] = []
+        real_wait = saver.mngr.wait_until_finished
+        saver.mngr.is_saving_in_progress = lambda: True
+        saver.mngr.wait_until_finished = lambda: waits.append(1)
+        saver.check()
+        assert waits == [] and saver._pending == 2
+        del saver.mngr.is_saving_in_progress, saver.mngr.wait_until_finished
+        assert saver.mngr.wait_until_finished == real_wait
+        saver.wait()
+    finally:
+        saver.close()
