@@ -281,3 +281,45 @@ def test_check_settles_a_finished_save_without_blocking(tmp_path):
         saver.wait()
     finally:
         saver.close()
+
+
+def test_background_failures_are_reported_with_their_step(tmp_path, monkeypatch):
+    """What `Saver.wait`/`check` raise when the background work failed: Orbax's error
+    (re-raised by `wait_until_finished`), a step Orbax never committed, a manifest that
+    could not be written. Simulated on a real manager (a real failed background save
+    leaves Orbax threads that hold the interpreter's exit; test_reliability.py covers it
+    through train.py)."""
+    saver = ckpt.Saver(ckpt.make_manager(tmp_path, max_to_keep=5))
+    real_wait = saver.mngr.wait_until_finished
+    try:
+        saver.save(1, _state(1), _meta(1), force=True)
+        real_wait()
+
+        def disk_full():
+            raise OSError(28, "No space left on device")
+
+        saver.mngr.wait_until_finished = disk_full
+        with pytest.raises(CheckpointSaveError, match=r"^checkpoint step 1 could not be written to .*checkpoints/1: "
+                                                      r"OSError: \[Errno 28\] No space left on device$"):
+            saver.wait()
+        saver.mngr.wait_until_finished = real_wait
+
+        saver.save(2, _state(2), _meta(2), force=True)
+        real_wait()
+        saver.mngr.all_steps = lambda: [1]  # as if step 2 never appeared
+        with pytest.raises(CheckpointSaveError, match=r"^checkpoint step 2 could not be written to .*checkpoints/2: "
+                                                      r"RuntimeError: Orbax did not commit it$"):
+            saver.wait()
+        del saver.mngr.all_steps
+
+        def no_manifest(step_dir):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(training, "write_manifest", no_manifest)
+        saver.save(3, _state(3), _meta(3), force=True)
+        with pytest.raises(CheckpointSaveError, match=r"^checkpoint step 3 could not be written to .*checkpoints/3: "
+                                                      r"PermissionError: \[Errno 13\] Permission denied$"):
+            saver.wait()
+    finally:
+        saver.mngr.wait_until_finished = real_wait
+        saver.close()
