@@ -331,3 +331,27 @@ def test_mix_switch_uses_both_and_off_is_smoothed_one_hot():
     ref = np.full((6, 4), 0.025)
     ref[np.arange(6), LABELS] = 0.925
     np.testing.assert_allclose(soft.numpy(), ref, atol=1e-7)
+
+
+def test_color_jitter_factors_are_uniform_in_one_plus_minus_strength_and_independent():
+    """torchvision's ColorJitter(s, s, s): brightness and contrast factors each
+    U[1 - s, 1 + s], drawn independently. Read back from a two-level grey image, where
+    saturation does nothing and brightness (x f_b) and contrast (blend toward the mean,
+    f_c) give levels f_b (m -+ d f_c) in either order (up to rounding)."""
+    s, n = 0.4, 400
+    lo, hi, mean = 50.0, 130.0, 90.0
+    image = tf.constant([[[lo] * 3, [hi] * 3]], tf.float32)
+    fb, fc = [], []
+    for i in range(n):
+        out = A.color_jitter(image, _seed(i), s).numpy()
+        a, b = out[0, 0], out[0, 1]
+        assert a[0] == a[1] == a[2] and b[0] == b[1] == b[2]  # still grey: saturation is a no-op
+        fb.append((a[0] + b[0]) / (2 * mean))
+        fc.append((b[0] - a[0]) / (a[0] + b[0]) * mean / ((hi - lo) / 2))
+    for f in (np.array(fb), np.array(fc)):
+        assert 1 - s - 0.03 < f.min() < 1 - s + 0.03 and 1 + s - 0.03 < f.max() < 1 + s + 0.03, (f.min(), f.max())
+        assert abs(f.mean() - 1.0) < 0.04  # sigma of the mean: 0.23 / 20 = 0.012
+        assert abs(np.mean(f < 1.0 - s / 2) - 0.25) < 0.07
+    assert abs(np.corrcoef(fb, fc)[0, 1]) < 0.15
+    # strength 0 is the identity
+    np.testing.assert_array_equal(A.color_jitter(image, _seed(0), 0.0).numpy(), image.numpy())

@@ -323,3 +323,17 @@ def test_background_failures_are_reported_with_their_step(tmp_path, monkeypatch)
     finally:
         saver.mngr.wait_until_finished = real_wait
         saver.close()
+
+
+def test_restoring_a_damaged_step_by_number_says_so_and_how_to_go_on(workdir):
+    _damage(workdir, 3)
+    mngr = ckpt.make_manager(workdir, read_only=True, async_checkpointing=False)
+    try:
+        with pytest.raises(CheckpointError, match=r"^checkpoint .*checkpoints/3 is unreadable \(.*is missing.*\); "
+                                                  r"pass --step with another checkpoint$"):
+            ckpt.restore(mngr, 3, _abstract())
+        state, meta = ckpt.restore(mngr, 2, _abstract())
+        assert meta["step"] == 2
+        np.testing.assert_array_equal(_w(state), _w(_state(2)))
+    finally:
+        mngr.close()
