@@ -70,7 +70,7 @@ from bench_input import (  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-DATA_VERSION = 1  # bump when the generated examples change
+DATA_VERSION = 2  # bump when the generated examples change
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -244,6 +244,61 @@ def time_ours_eval(prepared, args, threads: int) -> dict[str, Any]:
     return out
 
 
+STAGES = ("decode", "rescale", "crop", "flip", "photometric", "normalise_pad")
+
+
+def time_ours_stages(prepared, args) -> dict[str, dict[str, Any]]:
+    """Where the time of one training example goes: the recipe's steps (the same
+    functions as `train_example`, with its seeds) cut after each of STAGES, one
+    tf.data thread, one scalar out per example (no batching or transfer).
+    Stage k's cost is the difference between cuts k and k - 1."""
+    import tensorflow as tf
+
+    from dmformer_jax.data import augment as aug
+    from dmformer_jax.data.segmentation import pipeline as sp
+    from dmformer_jax.data.segmentation import transforms as T
+
+    config = _config(prepared, args, 1)
+    builder = sp.get_builder(config)
+    f = sp.seg_fields(config, builder)
+    records = sp._split_records(builder, config.data.train_split, config)
+    root = tf.constant([int(config.seed), 0], tf.int64)
+
+    def upto(stage: int):
+        def fn(pos, jpeg, png):
+            image = tf.cast(aug.decode_image(jpeg), tf.float32)
+            label = tf.cast(tf.io.decode_png(png, channels=1)[..., 0], tf.int32)
+            s = aug.split_seed(aug.fold_seed(root, pos), 4)
+            if stage >= 1:
+                label = T.reduce_zero_label(label) if f.reduce_zero_label else label
+                image, label = T.random_rescale(image, label, s[0], f.train_scale, f.ratio_range)
+            if stage >= 2:
+                image, label = T.crop(image, label, T.crop_window(label, s[1], f.image_size, f.cat_max_ratio))
+            if stage >= 3:
+                image, label = T.random_flip(image, label, s[2])
+            if stage >= 4:
+                image = T.photometric_distortion(image, s[3], f.brightness_delta, f.contrast_range,
+                                                 f.saturation_range, f.hue_delta)
+            if stage >= 5:
+                image, label = sp._finish(image, label, f.image_size, f.image_size, config, False)
+            # One pixel out: each op above still runs in full (only unused ops are
+            # pruned), and the cost of the output does not depend on the cut.
+            return image[0, 0, 0] + tf.cast(label[0, 0], tf.float32)
+        return fn
+
+    chunk = 8
+    ds = tf.data.Dataset.from_tensor_slices(([r[0] for r in records], [r[1] for r in records]))
+    ds = ds.repeat().enumerate()
+    out = {}
+    for k, name in enumerate(STAGES):
+        fn = tf.autograph.experimental.do_not_convert(lambda pos, jp, k=k: upto(k)(pos, jp[0], jp[1]))
+        it = iter(ds.map(fn).batch(chunk)
+                  .with_options(_single_thread_options()).prefetch(2))
+        per_rep = max(1, args.batches_per_rep * args.batch // chunk)
+        out[name] = _time_batches(lambda: len(next(it)), 1, per_rep, args.reps)
+    return out
+
+
 def time_tf_decode(blobs, args, dct: str) -> dict[str, Any]:
     """Full ``tf.io.decode_jpeg`` + ``tf.io.decode_png`` of every example, one tf.data thread."""
     import tensorflow as tf
@@ -309,6 +364,12 @@ ROWS = (
     ("ours_train_nophoto_t{t}", "ours, train, without PhotoMetricDistortion, {t} thread(s)"),
     ("ours_train_nocatmax_t{t}", "ours, train, without the cat_max_ratio crop test, {t} thread(s)"),
     ("ours_train_minimal_t{t}", "ours, train, decode + rescale + crop + normalise + pad only, {t} thread(s)"),
+    ("ours_stage_decode_t{t}", "ours, train cut after: decode JPEG + PNG, {t} thread, scalar out"),
+    ("ours_stage_rescale_t{t}", "ours, train cut after: + reduce_zero_label + random rescale, {t} thread"),
+    ("ours_stage_crop_t{t}", "ours, train cut after: + cat_max_ratio crop, {t} thread"),
+    ("ours_stage_flip_t{t}", "ours, train cut after: + flip, {t} thread"),
+    ("ours_stage_photometric_t{t}", "ours, train cut after: + PhotoMetricDistortion, {t} thread"),
+    ("ours_stage_normalise_pad_t{t}", "ours, train cut after: + normalise + pad, {t} thread"),
     ("mmseg_train_w{t}", "mmseg-style train (cv2), DataLoader {t} worker(s)"),
     ("ours_eval_t{t}", "ours, eval (AlignResize, padded buckets), {t} thread(s)"),
     ("mmseg_eval_w{t}", "mmseg-style eval (cv2 Resize + Normalize), DataLoader {t} worker(s)"),
@@ -342,6 +403,13 @@ def ratios(c: dict[str, dict]) -> dict[str, Any]:
     ratio("eval_t1_over_mmseg_w1", "ours_eval_t1", "mmseg_eval_w1")
     ratio("eval_t1_over_mmseg_w1_per_cpu_s", "ours_eval_t1", "mmseg_eval_w1", "img_per_cpu_s")
     ratio("train_t2_over_t1", "ours_train_t2", "ours_train_t1")
+    # CPU milliseconds per example of each stage: differences of the cuts.
+    cuts = [f"ours_stage_{name}_t1" for name in STAGES]
+    if all(k in c for k in cuts):
+        ms = [1000.0 / c[k]["img_per_cpu_s"] for k in cuts]
+        out["stage_cpu_ms"] = {name: ms[i] - (ms[i - 1] if i else 0.0) for i, name in enumerate(STAGES)}
+        out["stage_cpu_ms"]["batch_and_transfer"] = 1000.0 / c["ours_train_t1"]["img_per_cpu_s"] - ms[-1] \
+            if "ours_train_t1" in c else None
     return out
 
 
@@ -396,6 +464,10 @@ def markdown(result: dict) -> str:
         f"{fmt('eval_t1_over_decode_floor_per_cpu_s')} per CPU-second.",
         f"- 2 threads ÷ 1 thread, train: {fmt('train_t2_over_t1')} img/s.",
     ]
+    if "stage_cpu_ms" in r:
+        parts = ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in r["stage_cpu_ms"].items() if v is not None)
+        lines.append(f"- Where our training example's CPU time goes (ms per example, differences of the cuts "
+                     f"above): {parts}.")
     return "\n".join(lines)
 
 
@@ -471,6 +543,9 @@ def _run(args, cache: Path) -> dict[str, Any]:
         record("ours_train_nocatmax_t1", lambda: time_ours_train(prepared, args, 1, cat_max_ratio=1.0))
         record("ours_train_minimal_t1", lambda: time_ours_train(
             prepared, args, 1, photometric=False, cat_max_ratio=1.0, hflip=False))
+        stages = time_ours_stages(prepared, args)
+        for name in STAGES:
+            record(f"ours_stage_{name}_t1", lambda: stages[name])
     for t in args.thread_counts:
         record(f"ours_eval_t{t}", lambda: time_ours_eval(prepared, args, t))
     record("decode_pil_t1", lambda: time_pil_decode(prepared["blobs"], args))

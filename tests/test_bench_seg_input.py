@@ -49,7 +49,7 @@ def test_smoke_measures_every_contender(tmp_path):
     (["--smoke", "--threads", "one"], "--threads"),
     (["--reps", "3"], "--cache"),
     (["--smoke", "--mmseg-python", "/nonexistent/python"], "--mmseg-python"),
-    (["--smoke", "--batch", "0"], "--batch"),
+    (["--cache", "/nonexistent/cache", "--batch", "0"], "--batch"),
 ])
 def test_bad_flags_give_one_error_line(flags, words):
     proc = _run(*flags, timeout=120)
