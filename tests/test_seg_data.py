@@ -4,23 +4,20 @@ determinism, resume), the eval resize rule and plan, and the offline shapes data
 
 import ast
 import dataclasses
-import io
 import pathlib
-import zipfile
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from PIL import Image
 
+import ade20k_fixture  # tests/ is on sys.path
 import dmformer_jax.data.segmentation as seg
 from configs.common import get_base_config
 from dmformer_jax.data.segmentation import shapes, transforms as T
 from dmformer_jax.errors import DataError
 from dmformer_jax.metrics import segmentation as metrics
 
-ROOT = "ADEChallengeData2016"
 # (split folder, stem, (H, W), grayscale, mask kind)
 TINY = [
     ("training", "ADE_train_00000001", (45, 67), False, "random"),  # landscape, odd sizes
@@ -46,33 +43,24 @@ def _mask(kind, h, w, rng):
     return m
 
 
-def _jpeg(array):
-    out = io.BytesIO()
-    Image.fromarray(array).save(out, format="JPEG", quality=95)
-    return out.getvalue()
-
-
-def _png(array):
-    out = io.BytesIO()
-    Image.fromarray(array).save(out, format="PNG")
-    return out.getvalue()
+_jpeg, _png = ade20k_fixture.jpeg_bytes, ade20k_fixture.png_bytes
 
 
 def write_archive(folder, *, drop_annotation=None, wrong_size=None, annotations=True):
     """A tiny ADEChallengeData2016.zip (without any annotations/ folder when not
     ``annotations``); returns {stem: (jpeg bytes, mask uint8 [H, W])}."""
     rng = np.random.default_rng(0)
-    content = {}
-    with zipfile.ZipFile(pathlib.Path(folder) / "ADEChallengeData2016.zip", "w") as z:
-        for split, stem, (h, w), grey, kind in TINY:
-            pixels = rng.integers(0, 256, (h, w) if grey else (h, w, 3)).astype(np.uint8)
-            jpeg = _jpeg(pixels)
-            mask = _mask(kind, h, w, rng)
-            z.writestr(f"{ROOT}/images/{split}/{stem}.jpg", jpeg)
-            if annotations and stem != drop_annotation:
-                stored = mask if stem != wrong_size else np.zeros((h + 1, w), np.uint8)
-                z.writestr(f"{ROOT}/annotations/{split}/{stem}.png", _png(stored))
-            content[stem] = (jpeg, mask)
+    content, members = {}, []
+    for split, stem, (h, w), grey, kind in TINY:
+        pixels = rng.integers(0, 256, (h, w) if grey else (h, w, 3)).astype(np.uint8)
+        jpeg = _jpeg(pixels)
+        mask = _mask(kind, h, w, rng)
+        png = None
+        if annotations and stem != drop_annotation:
+            png = _png(mask if stem != wrong_size else np.zeros((h + 1, w), np.uint8))
+        members.append((split, stem, jpeg, png))
+        content[stem] = (jpeg, mask)
+    ade20k_fixture.write_ade_zip(folder, members)
     return content
 
 
@@ -304,12 +292,11 @@ def test_pipeline_crops_honour_cat_max_ratio(tmp_path):
     manual = tmp_path / "manual"
     manual.mkdir()
     rng = np.random.default_rng(0)
-    with zipfile.ZipFile(manual / "ADEChallengeData2016.zip", "w") as z:
-        for split in ("training", "validation"):
-            for i in range(4):
-                mask = (_block_label() + 1).astype(np.uint8)  # stored classes 2, 3; 256 -> 0 'other'
-                z.writestr(f"{ROOT}/images/{split}/ADE_{i}.jpg", _jpeg(rng.integers(0, 255, (64, 64, 3)).astype(np.uint8)))
-                z.writestr(f"{ROOT}/annotations/{split}/ADE_{i}.png", _png(mask))
+    mask = (_block_label() + 1).astype(np.uint8)  # stored classes 2, 3; 256 -> 0 'other'
+    ade20k_fixture.write_ade_zip(manual, [
+        (split, f"ADE_{i}", _jpeg(rng.integers(0, 255, (64, 64, 3)).astype(np.uint8)), _png(mask))
+        for split in ("training", "validation") for i in range(4)
+    ])
     config = _config(tmp_path / "tfds", manual)
     config.data.train_scale = (64, 64)
     config.augment.ratio_range = (1.0, 1.0)
@@ -399,10 +386,10 @@ def test_eval_uint8_pads_with_the_mean_pixel(ade):
 def test_rgb_annotation_is_a_one_line_data_error(tmp_path):
     manual = tmp_path / "manual"
     manual.mkdir()
-    with zipfile.ZipFile(manual / "ADEChallengeData2016.zip", "w") as z:
-        for split in ("training", "validation"):
-            z.writestr(f"{ROOT}/images/{split}/ADE_1.jpg", _jpeg(np.zeros((20, 30, 3), np.uint8)))
-            z.writestr(f"{ROOT}/annotations/{split}/ADE_1.png", _png(np.zeros((20, 30, 3), np.uint8)))
+    ade20k_fixture.write_ade_zip(manual, [
+        (split, "ADE_1", _jpeg(np.zeros((20, 30, 3), np.uint8)), _png(np.zeros((20, 30, 3), np.uint8)))
+        for split in ("training", "validation")
+    ])
     with pytest.raises(DataError, match="annotation .*ADE_1.png is a RGB image, not 8-bit class indices"):
         seg.dataset_info(_config(tmp_path / "tfds", manual))
 
