@@ -333,6 +333,30 @@ def time_pil_decode(blobs, args) -> dict[str, Any]:
     return _time_batches(decode_all, 1, 1, args.reps)
 
 
+def check_mmseg_transcription(args) -> dict[str, Any]:
+    """Runs mmseg_input.py's self-check (does the transcription do mmseg's work?) and
+    compares its eval image sizes with our own mmcv-rule `rescale_size_py`.
+
+    Raises:
+      RuntimeError: the check failed; the contender is then not timed.
+    """
+    from dmformer_jax.data.segmentation import transforms as T
+
+    with tempfile.TemporaryDirectory(prefix="mmseg_check_") as folder:
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+        proc = subprocess.run([args.mmseg_python, str(ROOT / "benchmarks" / "mmseg_input.py"), "--root", folder,
+                               "--mode", "check"], capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise RuntimeError(f"mmseg-style contender not timed: {proc.stderr.strip()[-2000:]}")
+    check = json.loads(proc.stdout.strip().splitlines()[-1])
+    expected = list(T.rescale_size_py(*check["source"], check["eval_scale"]))
+    wrong = [image for image, _ in check["eval_shapes"] if image != expected]
+    if wrong:
+        raise RuntimeError(f"mmseg-style contender not timed: its eval images are {wrong[0]}, mmcv's rule "
+                           f"(rescale_size_py) gives {expected}")
+    return check
+
+
 def run_mmseg(prepared, args, mode: str) -> dict[str, Any]:
     """benchmarks/mmseg_input.py in ``--mmseg-python``: mode train / eval / decode."""
     split = "training" if mode != "eval" else "validation"
@@ -516,7 +540,14 @@ def _run(args, cache: Path) -> dict[str, Any]:
 
     mmseg_info = None
     if args.mmseg_python:
-        for mode in ("train", "eval", "decode"):
+        try:
+            check_mmseg_transcription(args)
+            modes = ("train", "eval", "decode")
+            print("mmseg-style transcription self-check passed", flush=True)
+        except RuntimeError as e:
+            print(e, file=sys.stderr, flush=True)
+            mmseg_info, modes = {"check_error": str(e)[-2000:]}, ()
+        for mode in modes:
             load = load_average()
             try:
                 result = run_mmseg(prepared, args, mode)

@@ -320,11 +320,67 @@ def _time_decode(dataset, args) -> dict:
             "img_per_s": n / statistics.median(wall), "img_per_cpu_s": n / statistics.median(cpu_s)}
 
 
+def self_check(folder: str, crop: int = 64) -> dict:
+    """Checks that this transcription does mmseg's work, on data it writes to ``folder``
+    (run by bench_seg_input.py before it times this contender; a failure is an error).
+
+    Masks: the left 3/4 one class (1), the right 1/4 stripes of classes 150 and 2, so a
+    random ``crop``-wide window of the rescaled image is dominated by one class most of
+    the time, and only cat_max_ratio's retries make most crops pass. Checked: labels
+    reduced to 0..149 (+ 255 padding); crops of crop x crop, padded with 255 in about a
+    third of draws (ratio < 1); > 80% of crops below the 0.75 class share; eval images
+    rescaled by mmcv's rule (returned for the caller to compare with its own), labels
+    at the original size. Returns the eval (image, label) shapes.
+    """
+    import cv2
+
+    h, w = 2 * crop, 8 * crop
+    mask = np.ones((h, w), np.uint8)
+    mask[:, 3 * w // 4:] = np.where(np.arange(w - 3 * w // 4) // 4 % 2, 150, 2)[None]
+    rng = np.random.default_rng(0)
+    for split in ("training", "validation"):
+        for i in range(4):
+            for kind in ("images", "annotations"):
+                (Path(folder) / kind / split).mkdir(parents=True, exist_ok=True)
+            image = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
+            cv2.imwrite(str(Path(folder) / "images" / split / f"ADE_{i}.jpg"), image)
+            cv2.imwrite(str(Path(folder) / "annotations" / split / f"ADE_{i}.png"), mask)
+    ds = Ade20kStyle(folder, "training", "train", crop=crop, scale=(4 * crop, crop))
+    np.random.seed(0)
+    values, padded, shares, n = set(), 0, [], 0
+    for _ in range(10):
+        for i in range(len(ds)):
+            img, seg = ds[i]
+            if tuple(img.shape) != (3, crop, crop) or tuple(seg.shape) != (1, crop, crop):
+                raise AssertionError(f"train crop shapes {tuple(img.shape)}, {tuple(seg.shape)}")
+            s = seg.numpy()[0]
+            values |= set(np.unique(s).tolist())
+            padded += int((s == 255).all(axis=1).any())
+            _, counts = np.unique(s[s != 255], return_counts=True)
+            shares.append(float(counts.max() / counts.sum()) if len(counts) > 1 else 1.0)
+            n += 1
+    problems = []
+    if sorted(values - {255}) != [0, 1, 149]:
+        problems.append(f"labels {sorted(values)}: not reduced to 0..149 (+255)")
+    if not 0.1 < padded / n < 0.6:
+        problems.append(f"{padded}/{n} crops padded: the ratio range is not (0.5, 2.0)")
+    if sum(share < 0.75 for share in shares) / n <= 0.8:
+        problems.append("cat_max_ratio not honoured (too few crops below a 0.75 class share)")
+    ev = Ade20kStyle(folder, "validation", "eval", crop=crop, scale=(4 * crop, crop))
+    shapes = [(list(x.shape[1:]), list(y.shape)) for x, y in (ev[i] for i in range(len(ev)))]
+    if any(label != [h, w] for _, label in shapes):
+        problems.append(f"eval labels not at the original {h}x{w}: {shapes}")
+    if problems:
+        raise AssertionError("; ".join(problems))
+    return {"source": [h, w], "eval_scale": [4 * crop, crop], "eval_shapes": shapes}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", required=True, help="folder with images/SPLIT/*.jpg and annotations/SPLIT/*.png")
+    p.add_argument("--root", required=True, help="folder with images/SPLIT/*.jpg and annotations/SPLIT/*.png "
+                                                 "(--mode check: an empty folder it writes its data to)")
     p.add_argument("--split", default="training")
-    p.add_argument("--mode", choices=["train", "eval", "decode"], default="train")
+    p.add_argument("--mode", choices=["train", "eval", "decode", "check"], default="train")
     p.add_argument("--workers", default="1,2")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=512)
@@ -340,6 +396,13 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(1)
     cv2.setNumThreads(0)  # the main process too (mmseg's setup_multi_processes)
+    if args.mode == "check":
+        try:
+            print(json.dumps(self_check(args.root)))
+        except AssertionError as e:
+            print(f"error: the mmseg-style transcription does not do mmseg's work: {e}", file=sys.stderr)
+            raise SystemExit(1)
+        return
     scale = tuple(int(v) for v in args.scale.split(","))
     dataset = Ade20kStyle(args.root, args.split, "eval" if args.mode == "eval" else "train", crop=args.crop,
                           scale=scale)
