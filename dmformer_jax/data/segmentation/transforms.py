@@ -195,8 +195,12 @@ def pad_to(image: tf.Tensor, label: tf.Tensor, height, width, image_value=0.0,
     (a scalar or one value per channel), label with ``label_value``."""
     shape = tf.shape(label)
     ph, pw = height - shape[0], width - shape[1]
+    label = tf.pad(label, [[0, ph], [0, pw]], constant_values=label_value)
+    if isinstance(image_value, (int, float)) and image_value == 0:
+        # Zero padding (the float32 path, after normalisation): tf.pad alone, 40% of the
+        # cost of the masked form below (bench_seg_input), the same pixels.
+        return tf.pad(image, [[0, ph], [0, pw], [0, 0]]), label
     value = tf.cast(tf.broadcast_to(tf.constant(image_value, tf.float32), [3]), image.dtype)
     outside = tf.pad(tf.zeros_like(image[..., :1]), [[0, ph], [0, pw], [0, 0]], constant_values=1)
     image = tf.pad(image, [[0, ph], [0, pw], [0, 0]]) + outside * value  # inside: x + 0, exact
-    label = tf.pad(label, [[0, ph], [0, pw]], constant_values=label_value)
     return image, label
