@@ -337,3 +337,19 @@ def test_restoring_a_damaged_step_by_number_says_so_and_how_to_go_on(workdir):
         np.testing.assert_array_equal(_w(state), _w(_state(2)))
     finally:
         mngr.close()
+
+
+def test_a_checkpoints_folder_without_steps_is_a_fresh_start(tmp_path):
+    ckpt.make_manager(tmp_path).close()  # creates checkpoints/ and writes nothing
+    assert ckpt.checkpoint_dir(tmp_path).exists()
+    assert ckpt.restore_latest(tmp_path, _abstract(), log=pytest.fail) is None
+
+
+def test_a_crash_while_choosing_a_step_is_raised_as_it_is(workdir, monkeypatch):
+    def crash(*args):
+        raise MemoryError("out of host memory")
+
+    monkeypatch.setattr(training, "_read_retrying", crash)
+    with pytest.raises(MemoryError, match="out of host memory"):
+        ckpt.restore_latest(workdir, _abstract(), log=lambda _: None)
+    assert not (workdir / ckpt.UNREADABLE_SUBDIR).exists()

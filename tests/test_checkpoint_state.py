@@ -154,6 +154,23 @@ def test_restore_into_another_model_names_the_leaf(saved):
         ckpt.restore_latest(workdir, other, architecture=architecture, log=lambda _: None)
 
 
+def test_restore_into_a_model_with_a_leaf_more_or_less_names_it(saved):
+    """A leaf only one side has is another model too (not only a shape that differs)."""
+    _, s, workdir, _ = saved
+    extra = s.abstract_state.replace(params={**s.abstract_state.params, "extra": s.abstract_state.params["head"]})
+    fewer = s.abstract_state.replace(params={k: v for k, v in s.abstract_state.params.items() if k != "block"})
+    mngr = ckpt.make_manager(workdir, read_only=True, async_checkpointing=False)
+    try:
+        with pytest.raises(CheckpointError, match=r"^checkpoint .*checkpoints/6 is of another model or optimizer .*: "
+                                                  r"params/extra/bias is missing from the checkpoint;"):
+            ckpt.restore(mngr, STEP, extra)
+        with pytest.raises(CheckpointError, match=r"params/block/layer_scale1/gamma is in the checkpoint but not "
+                                                  r"in this run's model/optimizer;"):
+            ckpt.restore(mngr, STEP, fewer)
+    finally:
+        mngr.close()
+
+
 def test_restore_reads_the_step_asked_for(saved):
     _, s, workdir, expected = saved
     mngr = ckpt.make_manager(workdir, read_only=True, async_checkpointing=False)
