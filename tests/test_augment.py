@@ -203,9 +203,21 @@ def test_enhance_ops_match_pil(ours, pil):
     ids=["autocontrast", "equalize", "invert", "posterize", "solarize", "solarize_add", "translate_int"],
 )
 def test_exact_ops_match_pil(ours, pil):
-    out = ours(tf.constant(IMG_F)).numpy()
-    ref = np.asarray(pil(Image.fromarray(IMG))).astype(np.float32)
-    np.testing.assert_array_equal(out, ref)
+    # IMG has every channel spanning 0..255; LOW has minima above 0, narrow ranges and a
+    # constant channel (which autocontrast must leave as it is).
+    low = (IMG // 3 + 40).astype(np.uint8)
+    low[..., 2] = 90
+    for image in (IMG, low):
+        out = ours(tf.constant(image.astype(np.float32))).numpy()
+        ref = np.asarray(pil(Image.fromarray(image))).astype(np.float32)
+        np.testing.assert_array_equal(out, ref)
+
+
+def test_posterize_to_zero_bits_is_black_and_to_eight_bits_the_identity():
+    # 0 bits: the image older Pillow returned (Pillow >= 12 rejects 0); timm's
+    # PosterizeIncreasing reaches it at magnitude 10.
+    np.testing.assert_array_equal(R.posterize(tf.constant(IMG_F), tf.constant(0)).numpy(), np.zeros_like(IMG_F))
+    np.testing.assert_array_equal(R.posterize(tf.constant(IMG_F), tf.constant(8)).numpy(), IMG_F)
 
 
 def test_equalize_on_low_contrast_image_matches_pil():
