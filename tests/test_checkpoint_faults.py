@@ -353,3 +353,23 @@ def test_a_crash_while_choosing_a_step_is_raised_as_it_is(workdir, monkeypatch):
     with pytest.raises(MemoryError, match="out of host memory"):
         ckpt.restore_latest(workdir, _abstract(), log=lambda _: None)
     assert not (workdir / ckpt.UNREADABLE_SUBDIR).exists()
+
+
+def test_manager_defaults_and_a_read_only_manager_creates_nothing(tmp_path):
+    """`make_manager`'s documented defaults (keep 3, save every step, create the folder),
+    and a read-only manager on a missing workdir creates nothing (research code opens
+    paths that may not hold a run)."""
+    mngr = ckpt.make_manager(tmp_path / "run")
+    try:
+        for s in range(1, 6):
+            assert ckpt.save(mngr, s, _state(s), _meta(s))
+            mngr.wait_until_finished()
+        assert list(mngr.all_steps()) == [3, 4, 5]
+    finally:
+        mngr.close()
+    reader = ckpt.make_manager(tmp_path / "elsewhere", read_only=True)
+    try:
+        assert list(reader.all_steps()) == []
+    finally:
+        reader.close()
+    assert not (tmp_path / "elsewhere").exists()
