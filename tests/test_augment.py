@@ -203,9 +203,10 @@ def test_enhance_ops_match_pil(ours, pil):
     ids=["autocontrast", "equalize", "invert", "posterize", "solarize", "solarize_add", "translate_int"],
 )
 def test_exact_ops_match_pil(ours, pil):
-    # IMG has every channel spanning 0..255; LOW has minima above 0, narrow ranges and a
-    # constant channel (which autocontrast must leave as it is).
+    # IMG has every channel spanning 0..255; LOW has a minimum above 0, a channel of two
+    # adjacent levels and a constant channel (which autocontrast must leave as it is).
     low = (IMG // 3 + 40).astype(np.uint8)
+    low[..., 1] = 100 + IMG[..., 1] % 2  # two adjacent levels
     low[..., 2] = 90
     for image in (IMG, low):
         out = ours(tf.constant(image.astype(np.float32))).numpy()
