@@ -225,6 +225,17 @@ def test_equalize_on_low_contrast_image_matches_pil():
     low = (IMG // 8 + 100).astype(np.uint8)
     np.testing.assert_array_equal(R.equalize(tf.constant(low, tf.float32)).numpy(),
                                   np.asarray(ImageOps.equalize(Image.fromarray(low))))
+    # A larger image (PIL's step = (count - count of the top level) // 255 then differs
+    # from nearby rules): a skewed channel whose top level occurs once, one of three
+    # levels whose top one is the most common, and a constant one (left as it is).
+    rng = np.random.default_rng(1)
+    big = np.clip(rng.normal(120, 30, (240, 320, 3)), 0, 250).astype(np.uint8)
+    big[:, :2, 0] = 240
+    big[0, 0, 0] = 255  # a top level of count 1 above a common one
+    big[..., 1] = rng.choice(np.array([10, 50, 200], np.uint8), (240, 320), p=[0.2, 0.3, 0.5])
+    big[..., 2] = 77
+    np.testing.assert_array_equal(R.equalize(tf.constant(big, tf.float32)).numpy(),
+                                  np.asarray(ImageOps.equalize(Image.fromarray(big))))
 
 
 @pytest.mark.parametrize(
