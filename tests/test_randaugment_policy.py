@@ -115,6 +115,10 @@ def test_magnitude_is_normal_9_std_half_clipped_to_10(draws):
     assert abs(m.mean() - mean) < 4 * std / math.sqrt(n), m.mean()
     assert abs(m.std() - std) < 4 * std / math.sqrt(2 * n), m.std()
     assert abs(np.mean(m == 10.0) - p_clip) < 4 * math.sqrt(p_clip * (1 - p_clip) / n)
+    # timm draws the magnitude and the sign independently (random.gauss, random.random)
+    sign = np.array([sg for d in draws for _, _, sg in d])
+    assert abs(np.corrcoef(m, sign)[0, 1]) < 4 / math.sqrt(n)
+    assert abs(np.corrcoef(np.abs(m - 9.0), sign)[0, 1]) < 4 / math.sqrt(n)  # spread too, not only sign
 
 
 def test_magnitude_std_zero_gives_the_fixed_magnitude():
@@ -122,11 +126,14 @@ def test_magnitude_std_zero_gives_the_fixed_magnitude():
     original = R.apply_op
     R.apply_op = lambda image, index, magnitude, sign: got.append(float(magnitude)) or image
     try:
-        for i in range(40):
-            R.rand_augment(tf.zeros([4, 4, 3]), tf.constant([5, i], tf.int64), magnitude=7.0, magnitude_std=0.0)
+        for magnitude in (7.0, 0.0):
+            got.clear()
+            for i in range(40):
+                R.rand_augment(tf.zeros([4, 4, 3]), tf.constant([5, i], tf.int64), magnitude=magnitude,
+                               magnitude_std=0.0)
+            assert got and set(got) == {magnitude}
     finally:
         R.apply_op = original
-    assert got and set(got) == {7.0}
 
 
 # ------------------------------------------------------------------ level -> argument
