@@ -236,6 +236,9 @@ def test_equalize_on_low_contrast_image_matches_pil():
     big[..., 2] = 77
     np.testing.assert_array_equal(R.equalize(tf.constant(big, tf.float32)).numpy(),
                                   np.asarray(ImageOps.equalize(Image.fromarray(big))))
+    small = IMG[:20, :20]  # 400 pixels: PIL's step is 1
+    np.testing.assert_array_equal(R.equalize(tf.constant(small, tf.float32)).numpy(),
+                                  np.asarray(ImageOps.equalize(Image.fromarray(small))))
 
 
 @pytest.mark.parametrize(
