@@ -382,3 +382,19 @@ def test_color_jitter_factors_are_uniform_in_one_plus_minus_strength_and_indepen
     assert abs(np.corrcoef(fb, fc)[0, 1]) < 0.15
     # strength 0 is the identity
     np.testing.assert_array_equal(A.color_jitter(image, _seed(0), 0.0).numpy(), image.numpy())
+
+
+def test_cutmix_box_sides_and_centres_follow_timms_rand_bbox():
+    """timm `rand_bbox`: sides int(H sqrt(1 - lam)), int(W sqrt(1 - lam)), halved each way
+    around a centre uniform over the pixels, clipped. Unclipped boxes have exactly those
+    sides; centres cover the image evenly."""
+    h, w, lam = 100, 80, 0.64  # sqrt(1 - lam) = 0.6: sides 60 x 48
+    boxes = np.array([A.cutmix_box(_seed(i), h, w, tf.constant(lam)).numpy() for i in range(300)])
+    y0, y1, x0, x1 = boxes.T
+    inside_y, inside_x = (y0 > 0) & (y1 < h), (x0 > 0) & (x1 < w)
+    assert inside_y.sum() > 30 and inside_x.sum() > 30
+    assert set(y1[inside_y] - y0[inside_y]) == {60} and set(x1[inside_x] - x0[inside_x]) == {48}
+    assert (0 <= y0).all() and (y1 <= h).all() and (0 <= x0).all() and (x1 <= w).all()
+    cy = np.where(y0 > 0, y0 + 30, y1 - 30)  # the centre, from whichever edge was not clipped
+    assert abs(cy.mean() - (h - 1) / 2) < 4 * h / math.sqrt(12 * len(cy))
+    assert cy.min() < 10 and cy.max() > h - 10
