@@ -284,7 +284,7 @@ def test_color_jitter_zero_is_identity():
 
 def test_random_erasing_box_and_untouched_rest():
     x = A.normalize(tf.constant(IMG), (0.5,) * 3, (0.25,) * 3).numpy()
-    applied = 0
+    applied, areas = 0, []
     for i in range(80):
         out = A.random_erasing(tf.constant(x), _seed(i), probability=0.25).numpy()
         changed = np.any(out != x, axis=-1)
@@ -297,11 +297,30 @@ def test_random_erasing_box_and_untouched_rest():
         box[y0:y1, x0:x1] = True
         np.testing.assert_array_equal(out[~box], x[~box])  # the rest is untouched
         area = (y1 - y0) * (x1 - x0) / changed.size
+        areas.append(area)
         assert 0.015 <= area <= 1 / 3 + 0.03  # timm: 2%..1/3 of the area (rounded sides)
         assert y1 - y0 < x.shape[0] and x1 - x0 < x.shape[1]
         noise = out[y0:y1, x0:x1]
         assert abs(noise.mean()) < 0.3 and 0.7 < noise.std() < 1.3  # per-pixel N(0, 1)
     assert 8 <= applied <= 35  # p = 0.25 over 80 draws
+    # The erased area is U[2%, 1/3] of the image, not tied to the coin that chose to erase.
+    assert 0.12 < np.mean(areas) < 0.24, np.mean(areas)
+
+
+def test_random_erasing_aspect_is_log_uniform_in_0_3_to_1_over_0_3():
+    """timm's defaults: log-uniform aspect in [0.3, 1/0.3] (boxes that do not fit are
+    retried), so tall and wide boxes both occur, and as often."""
+    x = np.zeros((60, 60, 3), np.float32)
+    log_aspects = []
+    for i in range(150):
+        changed = np.any(A.random_erasing(tf.constant(x), _seed(i), probability=1.0).numpy() != x, axis=-1)
+        rows, cols = np.where(changed)
+        if len(rows):
+            log_aspects.append(math.log((rows.max() + 1 - rows.min()) / (cols.max() + 1 - cols.min())))
+    log_aspects = np.array(log_aspects)
+    assert len(log_aspects) > 120
+    assert log_aspects.min() < math.log(0.5) and log_aspects.max() > math.log(2.0)
+    assert abs(np.mean(log_aspects > 0) - 0.5) < 0.15
 
 
 # ------------------------------------------------------------------------ mixing
@@ -398,3 +417,17 @@ def test_cutmix_box_sides_and_centres_follow_timms_rand_bbox():
     cy = np.where(y0 > 0, y0 + 30, y1 - 30)  # the centre, from whichever edge was not clipped
     assert abs(cy.mean() - (h - 1) / 2) < 4 * h / math.sqrt(12 * len(cy))
     assert cy.min() < 10 and cy.max() > h - 10
+    cx = np.where(x0 > 0, x0 + 24, x1 - 24)
+    assert abs(np.corrcoef(cy, cx)[0, 1]) < 4 / math.sqrt(len(cy))  # independent draws
+    # ...uniform over all h*w pixels: 300 centres repeat ~5.6 times (birthday count), not
+    # ~110 as when cx is tied to cy (e.g. both taken from one random word).
+    assert len(cy) - len(set(zip(cy, cx))) < 25
+    assert (y0 == 0).any() and (x0 == 0).any() and (y1 == h).any() and (x1 == w).any()  # clipped to the image
+
+
+def test_mixup_lambda_is_beta_alpha_alpha():
+    from scipy import stats
+
+    for alpha in (0.8, 2.0):
+        lam = np.array([float(A.sample_beta(_seed(i), alpha)) for i in range(400)])
+        assert stats.kstest(lam, "beta", args=(alpha, alpha)).pvalue > 1e-3, alpha
