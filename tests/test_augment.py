@@ -307,20 +307,34 @@ def test_random_erasing_box_and_untouched_rest():
     assert 0.12 < np.mean(areas) < 0.24, np.mean(areas)
 
 
-def test_random_erasing_aspect_is_log_uniform_in_0_3_to_1_over_0_3():
-    """timm's defaults: log-uniform aspect in [0.3, 1/0.3] (boxes that do not fit are
-    retried), so tall and wide boxes both occur, and as often."""
-    x = np.zeros((60, 60, 3), np.float32)
-    log_aspects = []
+def test_random_erasing_box_shape_and_place_follow_timm():
+    """timm's defaults on a 200x200 image (almost every first try fits): log aspect
+    U[log 0.3, log 1/0.3], independent of the area; the box always erased whole, its
+    top-left corner uniform over the places where it fits (randint(0, h - eh) inclusive:
+    it touches the bottom/right edge at times), top and left drawn independently."""
+    from scipy import stats
+
+    size = 200
+    x = np.zeros((size, size, 3), np.float32)
+    log_aspects, log_areas, tops, lefts, bottom, right = [], [], [], [], 0, 0
     for i in range(150):
         changed = np.any(A.random_erasing(tf.constant(x), _seed(i), probability=1.0).numpy() != x, axis=-1)
         rows, cols = np.where(changed)
-        if len(rows):
-            log_aspects.append(math.log((rows.max() + 1 - rows.min()) / (cols.max() + 1 - cols.min())))
-    log_aspects = np.array(log_aspects)
-    assert len(log_aspects) > 120
-    assert log_aspects.min() < math.log(0.5) and log_aspects.max() > math.log(2.0)
-    assert abs(np.mean(log_aspects > 0) - 0.5) < 0.15
+        assert len(rows), i  # probability 1: always a box
+        eh, ew = rows.max() + 1 - rows.min(), cols.max() + 1 - cols.min()
+        log_aspects.append(math.log(eh / ew))
+        log_areas.append(math.log(eh * ew))
+        tops.append(rows.min() / (size - eh))
+        lefts.append(cols.min() / (size - ew))
+        bottom, right = bottom + (rows.max() == size - 1), right + (cols.max() == size - 1)
+    lim = math.log(1 / 0.3)
+    assert stats.kstest(log_aspects, "uniform", args=(-lim, 2 * lim)).pvalue > 1e-3
+    assert min(log_aspects) < -lim + 0.1 and max(log_aspects) > lim - 0.1  # both ends reached
+    assert abs(np.corrcoef(log_aspects, log_areas)[0, 1]) < 0.3
+    for frac in (np.array(tops), np.array(lefts)):
+        assert frac.max() <= 1.0 and abs(frac.mean() - 0.5) < 0.1
+    assert abs(np.corrcoef(tops, lefts)[0, 1]) < 0.3
+    assert bottom >= 1 and right >= 1  # expected ~1.2 each over these 150 seeds
 
 
 # ------------------------------------------------------------------------ mixing
