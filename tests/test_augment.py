@@ -316,7 +316,7 @@ def test_random_erasing_box_shape_and_place_follow_timm():
 
     size = 200
     x = np.zeros((size, size, 3), np.float32)
-    log_aspects, log_areas, tops, lefts, bottom, right = [], [], [], [], 0, 0
+    log_aspects, log_areas, tops, lefts, top_row, left_col, bottom, right = [], [], [], [], 0, 0, 0, 0
     for i in range(150):
         changed = np.any(A.random_erasing(tf.constant(x), _seed(i), probability=1.0).numpy() != x, axis=-1)
         rows, cols = np.where(changed)
@@ -327,6 +327,7 @@ def test_random_erasing_box_shape_and_place_follow_timm():
         tops.append(rows.min() / (size - eh))
         lefts.append(cols.min() / (size - ew))
         bottom, right = bottom + (rows.max() == size - 1), right + (cols.max() == size - 1)
+        top_row, left_col = top_row + (rows.min() == 0), left_col + (cols.min() == 0)
     lim = math.log(1 / 0.3)
     assert stats.kstest(log_aspects, "uniform", args=(-lim, 2 * lim)).pvalue > 1e-3
     assert min(log_aspects) < -lim + 0.1 and max(log_aspects) > lim - 0.1  # both ends reached
@@ -335,6 +336,7 @@ def test_random_erasing_box_shape_and_place_follow_timm():
         assert frac.max() <= 1.0 and abs(frac.mean() - 0.5) < 0.1
     assert abs(np.corrcoef(tops, lefts)[0, 1]) < 0.3
     assert bottom >= 1 and right >= 1  # expected ~1.2 each over these 150 seeds
+    assert top_row >= 1 and left_col >= 1  # the first row and column too
 
 
 # ------------------------------------------------------------------------ mixing
