@@ -388,6 +388,18 @@ def test_mix_switch_uses_both_and_off_is_smoothed_one_hot():
         # mixup: all pixels of an image equal; cutmix: a box of pasted values
         kinds.add("mixup" if np.all(img[0] == img[0, 0, 0, 0]) and img[0, 0, 0, 0] not in (1.0, 6.0) else "cutmix")
     assert kinds == {"mixup", "cutmix"}
+    # One of the two alone: batches are mixed by it, never by the other (a CutMix box can
+    # be empty when lambda is near 1, as in timm).
+    for mixup_alpha, cutmix_alpha, kind in ((0.8, 0.0, "mixup"), (0.0, 1.0, "cutmix")):
+        mixed = 0
+        for i in range(8):
+            img = A.mix_batch(x, LABELS, _seed(i), 4, mixup_alpha, cutmix_alpha, 0.5, 0.1)[0].numpy()
+            if np.array_equal(img, x):
+                continue
+            mixed += 1
+            is_mixup = np.all(img[0] == img[0, 0, 0, 0]) and img[0, 0, 0, 0] not in (1.0, 6.0)
+            assert is_mixup == (kind == "mixup"), (kind, i)
+        assert mixed >= 6, (kind, mixed)
     images, soft = A.mix_batch(x, LABELS, _seed(0), 4, 0.0, 0.0, 0.5, 0.1)
     np.testing.assert_array_equal(images.numpy(), x)
     ref = np.full((6, 4), 0.025)
