@@ -122,6 +122,27 @@ def test_decode_and_random_crop_png_and_jpeg_agree_with_full_decode():
             assert np.abs(got - ref).mean() < 3
 
 
+def test_decode_and_random_crop_decodes_jpegs_with_the_accurate_dct_into_rgb():
+    """The training decode: the crop window decoded with the accurate DCT (PIL's decode,
+    test_timm_crop.py), three channels also for a greyscale JPEG."""
+    buf = io.BytesIO()
+    Image.fromarray(IMG).save(buf, format="JPEG", quality=90)
+    encoded = tf.constant(buf.getvalue())
+    window = A.sample_crop_window(tf.image.extract_jpeg_shape(encoded), _seed(5), (0.08, 1.0), (3 / 4, 4 / 3))
+    got = A.decode_and_random_crop(encoded, _seed(5), 32).numpy()
+
+    def reference(dct):
+        return A.resize(tf.image.decode_and_crop_jpeg(encoded, window, channels=3, dct_method=dct), (32, 32)).numpy()
+
+    np.testing.assert_array_equal(got, reference("INTEGER_ACCURATE"))
+    assert not np.array_equal(got, reference("INTEGER_FAST"))  # the test can tell the two apart
+    grey = io.BytesIO()
+    Image.fromarray(IMG[..., 0]).save(grey, format="JPEG", quality=95)
+    g = A.decode_and_random_crop(tf.constant(grey.getvalue()), _seed(5), 32).numpy()
+    assert g.shape == (32, 32, 3)
+    np.testing.assert_array_equal(g[..., 0], g[..., 2])
+
+
 def test_grey_and_cmyk_jpeg_decode_to_rgb():
     grey = io.BytesIO()
     Image.fromarray(IMG[..., 0]).save(grey, format="JPEG", quality=95)
