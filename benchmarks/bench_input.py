@@ -259,10 +259,19 @@ def time_ours_eval(prepared, args, threads: int) -> dict[str, Any]:
     import dmformer_jax.data as data
 
     config = _config(prepared, args, threads)
+    summary, _ = time_eval_passes(lambda: data.make_eval_iterator(config, process_index=0, process_count=1),
+                                  args.reps)
+    return summary
+
+
+def time_eval_passes(make_iterator: Callable[[], Iterator[dict]], reps: int) -> tuple[dict[str, Any], dict]:
+    """``reps`` fresh passes of ``make_iterator()`` after one warm-up pass, each timed
+    from its first batch (counting the ``mask``-ed images); returns the summary and the
+    first batch."""
     wall, cpu, images = [], [], []
-    for rep in range(args.reps + 1):  # the first pass is the warm-up
-        it = data.make_eval_iterator(config, process_index=0, process_count=1)
-        next(it)
+    for rep in range(reps + 1):
+        it = make_iterator()
+        first = next(it)
         c0, t0, n = time.process_time(), time.perf_counter(), 0
         for batch in it:
             n += int(batch["mask"].sum())
@@ -270,7 +279,7 @@ def time_ours_eval(prepared, args, threads: int) -> dict[str, Any]:
             wall.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
             images.append(n)
-    return _summary(wall, cpu, images)
+    return _summary(wall, cpu, images), first
 
 
 def _single_thread_options():
@@ -440,19 +449,20 @@ def markdown(result: dict) -> str:
 # -------------------------------------------------------------------------- main
 
 
-def main(argv=None) -> dict[str, Any]:
-    args = parse_args(argv)
-    tmp = None
+def run_in_cache(args, run: Callable[[Any, Path], dict[str, Any]], prefix: str) -> dict[str, Any]:
+    """``run(args, cache)`` with ``--cache``, or (``--smoke`` without it) a temporary
+    folder removed afterwards."""
     if args.cache:
-        cache = Path(args.cache)
-    else:
-        tmp = tempfile.mkdtemp(prefix="bench_input_smoke_")
-        cache = Path(tmp)
+        return run(args, Path(args.cache))
+    tmp = tempfile.mkdtemp(prefix=prefix)
     try:
-        return _run(args, cache)
+        return run(args, Path(tmp))
     finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv=None) -> dict[str, Any]:
+    return run_in_cache(parse_args(argv), _run, "bench_input_smoke_")
 
 
 def _run(args, cache: Path) -> dict[str, Any]:

@@ -66,6 +66,8 @@ from bench_input import (  # noqa: E402
     _summary,
     _time_batches,
     load_average,
+    run_in_cache,
+    time_eval_passes,
 )
 
 import numpy as np  # noqa: E402
@@ -226,20 +228,10 @@ def time_ours_eval(prepared, args, threads: int) -> dict[str, Any]:
     import dmformer_jax.data.segmentation as seg
 
     config = _config(prepared, args, threads)
-    wall, cpu, images = [], [], []
-    for rep in range(args.reps + 1):  # the first pass is the warm-up
-        it = seg.make_eval_iterator(config, process_index=0, process_count=1)
-        first = next(it)
-        c0, t0, n = time.process_time(), time.perf_counter(), 0
-        for batch in it:
-            n += int(batch["mask"].sum())
-        if rep:
-            wall.append(time.perf_counter() - t0)
-            cpu.append(time.process_time() - c0)
-            images.append(n)
-    if not sum(images):
+    out, first = time_eval_passes(lambda: seg.make_eval_iterator(config, process_index=0, process_count=1),
+                                  args.reps)
+    if not sum(out["images"]):
         raise RuntimeError(f"the eval split has one batch only (batch {args.batch}); use more --val-images")
-    out = _summary(wall, cpu, images)
     out["first_batch_image_shape"] = list(first["image"].shape)
     return out
 
@@ -499,18 +491,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> dict[str, Any]:
-    args = parse_args(argv)
-    tmp = None
-    if args.cache:
-        cache = Path(args.cache)
-    else:
-        tmp = tempfile.mkdtemp(prefix="bench_seg_input_smoke_")
-        cache = Path(tmp)
-    try:
-        return _run(args, cache)
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return run_in_cache(parse_args(argv), _run, "bench_seg_input_smoke_")
 
 
 def _run(args, cache: Path) -> dict[str, Any]:
