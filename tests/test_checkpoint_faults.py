@@ -48,16 +48,21 @@ def _w(state) -> np.ndarray:
     return np.asarray(state["params"]["w"])
 
 
-@pytest.fixture
-def workdir(tmp_path):
-    """A workdir with committed steps 1, 2, 3 (each its own values), saved as the trainer saves."""
-    saver = ckpt.Saver(ckpt.make_manager(tmp_path, max_to_keep=5))
+def _save(workdir, *steps: int) -> None:
+    """Saves ``steps`` (each its own values) as the trainer saves: `Saver`, forced, waited."""
+    saver = ckpt.Saver(ckpt.make_manager(workdir, max_to_keep=5))
     try:
-        for step in STEPS:
+        for step in steps:
             saver.save(step, _state(step), _meta(step), force=True)
             saver.wait()
     finally:
         saver.close()
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    """A workdir with committed steps 1, 2, 3."""
+    _save(tmp_path, *STEPS)
     return tmp_path
 
 
@@ -106,12 +111,7 @@ def test_partial_save_is_named_never_read_and_removed(workdir):
     # A read-only manager never deletes anything; the rerun's writing manager removes it
     # before its first save.
     assert partial.exists()
-    saver = ckpt.Saver(ckpt.make_manager(workdir, max_to_keep=5))
-    try:
-        saver.save(4, _state(4), _meta(4), force=True)
-        saver.wait()
-    finally:
-        saver.close()
+    _save(workdir, 4)
     assert ckpt.partial_saves(workdir) == []
     reader = ckpt.make_manager(workdir, read_only=True)
     try:
@@ -139,12 +139,7 @@ def test_a_step_set_aside_again_and_again_keeps_every_copy(workdir):
     _damage(workdir, 3)
     ckpt.restore_latest(workdir, _abstract(), log=lambda _: None, read_attempts=1)
     for _ in range(2):  # the rerun saves step 3 again, and that one is damaged too
-        saver = ckpt.Saver(ckpt.make_manager(workdir, max_to_keep=5))
-        try:
-            saver.save(3, _state(3), _meta(3), force=True)
-            saver.wait()
-        finally:
-            saver.close()
+        _save(workdir, 3)
         _damage(workdir, 3)
         _, _, step = ckpt.restore_latest(workdir, _abstract(), log=lambda _: None, read_attempts=1)
         assert step == 2
