@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -60,20 +59,11 @@ from pathlib import Path
 
 import numpy as np
 
-_TICKS = os.sysconf("SC_CLK_TCK")
+from loader_timing import time_loader  # benchmarks/, next to this script
+
 # mmseg's ADE20K img_norm_cfg (0..255 scale, RGB).
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
-
-
-def _proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (0 if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _TICKS
-    except OSError:
-        return 0.0
 
 
 # ------------------------------------------------------------ the transcription
@@ -245,56 +235,18 @@ def _worker_init(_):
     cv2.setNumThreads(0)
 
 
-class _Forever:
-    """Shuffled passes over ``n`` indices, forever (no epoch-boundary stall in the timed window)."""
-
-    def __init__(self, n: int, seed: int = 0):
-        self.n, self.seed = n, seed
-
-    def __iter__(self):
-        import torch
-
-        g = torch.Generator().manual_seed(self.seed)
-        while True:
-            yield from torch.randperm(self.n, generator=g).tolist()
-
-
 # ---------------------------------------------------------------------- timing
 
 
 def _time_loader(dataset, args, workers: int, collate) -> dict:
-    import torch
-
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch, sampler=_Forever(len(dataset)), num_workers=workers,
-        drop_last=True, persistent_workers=workers > 0, collate_fn=collate, worker_init_fn=_worker_init,
-    )
-    it = iter(loader)
-    for _ in range(args.warmup_batches):
-        batch = next(it)
-    pids = [w.pid for w in getattr(it, "_workers", [])]
-
-    def cpu() -> float:
-        return time.process_time() + sum(_proc_cpu_s(pid) for pid in pids)
-
-    wall, cpu_s = [], []
-    for _ in range(args.reps):
-        c0, t0 = cpu(), time.perf_counter()
-        for _ in range(args.batches_per_rep):
-            batch = next(it)
-        wall.append(time.perf_counter() - t0)
-        cpu_s.append(cpu() - c0)
+    out, batch = time_loader(dataset, args, workers, collate_fn=collate, worker_init_fn=_worker_init)
     if args.mode == "train":
         shape = tuple(batch[0].shape)
         assert shape == (args.batch, 3, args.crop, args.crop), shape
         assert tuple(batch[1].shape) == (args.batch, 1, args.crop, args.crop), batch[1].shape
     else:
         shape = [tuple(x[0].shape) for x in batch]
-    images = args.batch * args.batches_per_rep
-    out = {"workers": workers, "images_per_rep": images, "wall_s": wall, "cpu_s": cpu_s,
-           "img_per_s": images / statistics.median(wall), "img_per_cpu_s": images / statistics.median(cpu_s),
-           "worker_pids_seen": len(pids), "last_batch_shape": str(shape)}
-    del it, loader
+    out["last_batch_shape"] = str(shape)
     return out
 
 

@@ -13,37 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
-import time
 
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (0 if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _TICKS
-    except OSError:
-        return 0.0
-
-
-class _Forever:
-    """Shuffled passes over ``n`` indices, forever (no epoch-boundary stall in the
-    timed window; a real ImageNet epoch is 40k batches long)."""
-
-    def __init__(self, n: int, seed: int = 0):
-        self.n, self.seed = n, seed
-
-    def __iter__(self):
-        import torch
-
-        g = torch.Generator().manual_seed(self.seed)
-        while True:
-            yield from torch.randperm(self.n, generator=g).tolist()
+from loader_timing import time_loader  # benchmarks/, next to this script
 
 
 def _posterize_zero_bits_as_older_pillow() -> None:
@@ -115,36 +88,13 @@ def main(argv=None) -> None:
         "transform": repr(transform), "num_images": len(dataset), "mode": args.mode, "runs": {},
     }
     for workers in (int(w) for w in args.workers.split(",")):
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=args.batch, sampler=_Forever(len(dataset)), num_workers=workers,
-            drop_last=True, persistent_workers=workers > 0,
-        )
-        it = iter(loader)
-        for _ in range(args.warmup_batches):
-            next(it)
-        pids = [w.pid for w in getattr(it, "_workers", [])]
-
-        def cpu() -> float:
-            return time.process_time() + sum(_proc_cpu_s(pid) for pid in pids)
-
-        wall, cpu_s = [], []
-        for _ in range(args.reps):
-            c0, t0 = cpu(), time.perf_counter()
-            for _ in range(args.batches_per_rep):
-                batch = next(it)
-            wall.append(time.perf_counter() - t0)
-            cpu_s.append(cpu() - c0)
+        run, batch = time_loader(dataset, args, workers)
         assert tuple(batch[0].shape) == (args.batch, 3, args.res, args.res), batch[0].shape
-        images = args.batch * args.batches_per_rep
-        out["runs"][str(workers)] = {
-            "workers": workers, "images_per_rep": images, "wall_s": wall, "cpu_s": cpu_s,
-            "img_per_s": images / statistics.median(wall),
-            "img_per_cpu_s": images / statistics.median(cpu_s),
-            "worker_pids_seen": len(pids),
-        }
+        out["runs"][str(workers)] = run
+        images = run["images_per_rep"]
+        wall, cpu_s = run["wall_s"], run["cpu_s"]
         print(f"timm {args.mode} workers={workers}: {images / statistics.median(wall):.1f} img/s, "
               f"{images / statistics.median(cpu_s):.1f} img per CPU-s", file=sys.stderr, flush=True)
-        del it, loader
     print(json.dumps(out))
 
 
