@@ -461,6 +461,17 @@ def run_in_cache(args, run: Callable[[Any, Path], dict[str, Any]], prefix: str) 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def record_contender(contenders: dict[str, dict], name: str, fn: Callable[[], dict]) -> None:
+    """Runs ``fn`` (a timing), stores its record as ``contenders[name]`` with the load
+    average at its start, and prints one progress line."""
+    load = load_average()
+    start = time.perf_counter()
+    contenders[name] = r = fn()
+    r["load_average"] = load
+    print(f"{name:28s} {r['img_per_s']:8.1f} img/s  {r['img_per_cpu_s']:8.1f} img/CPU-s  "
+          f"cores {r['cores_used']:.2f}  ({time.perf_counter() - start:.0f} s, load {load})", flush=True)
+
+
 def main(argv=None) -> dict[str, Any]:
     return run_in_cache(parse_args(argv), _run, "bench_input_smoke_")
 
@@ -483,21 +494,14 @@ def _run(args, cache: Path) -> dict[str, Any]:
     prepared = prepare_data(cache, args)
     print(f"data: {prepared['stats']} (prepare/open {prepared['prepare_s']:.1f} s)", flush=True)
     contenders: dict[str, dict] = {}
-    loads: dict[str, list[float]] = {}
 
     def record(name: str, fn: Callable[[], dict]) -> None:
-        loads[name] = load_average()
-        start = time.perf_counter()
-        contenders[name] = r = fn()
-        r["load_average"] = loads[name]
-        print(f"{name:28s} {r['img_per_s']:8.1f} img/s  {r['img_per_cpu_s']:8.1f} img/CPU-s  "
-              f"cores {r['cores_used']:.2f}  ({time.perf_counter() - start:.0f} s, load {loads[name]})",
-              flush=True)
+        record_contender(contenders, name, fn)
 
     timm_info = None
     if args.timm_python:
         for mode in ("train", "eval"):
-            loads[f"timm_{mode}"] = load_average()
+            load = load_average()
             try:
                 result = run_timm(prepared, args, mode)
             except RuntimeError as e:  # keep our figures; the error goes into the results
@@ -508,7 +512,7 @@ def _run(args, cache: Path) -> dict[str, Any]:
                                                                         "libjpeg_turbo")})
             timm_info[f"{mode}_transform"] = result["transform"]
             for w, run in result["runs"].items():
-                run["load_average"] = loads[f"timm_{mode}"]
+                run["load_average"] = load
                 contenders[f"timm_{mode}_w{w}"] = run
                 print(f"timm_{mode}_w{w:<21s} {run['img_per_s']:8.1f} img/s  {run['img_per_cpu_s']:8.1f} img/CPU-s  "
                       f"cores {run['cores_used']:.2f}", flush=True)

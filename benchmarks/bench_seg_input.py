@@ -66,6 +66,7 @@ from bench_input import (  # noqa: E402
     _summary,
     _time_batches,
     load_average,
+    record_contender,
     run_in_cache,
     time_eval_passes,
 )
@@ -512,12 +513,7 @@ def _run(args, cache: Path) -> dict[str, Any]:
     contenders: dict[str, dict] = {}
 
     def record(name: str, fn: Callable[[], dict]) -> None:
-        load = load_average()
-        start = time.perf_counter()
-        contenders[name] = r = fn()
-        r["load_average"] = load
-        print(f"{name:28s} {r['img_per_s']:8.1f} img/s  {r['img_per_cpu_s']:8.1f} img/CPU-s  "
-              f"cores {r['cores_used']:.2f}  ({time.perf_counter() - start:.0f} s, load {load})", flush=True)
+        record_contender(contenders, name, fn)
 
     mmseg_info = None
     if args.mmseg_python:
