@@ -100,7 +100,9 @@ class Block(nn.Module):
         x = x + drop_path(y, deterministic=not train)
 
         y = layers.layer_norm(self.param_dtype, name="norm2")(x).astype(self.dtype)
-        y = layers.Mlp(int(self.mlp_ratio * channels), name="mlp", **kw)(y)
+        # The MLP's two layers are 1×1 convs: they follow the DMA's dense-conv impl.
+        mlp_impl = (self.dma or {}).get("conv_impl", "auto")
+        y = layers.Mlp(int(self.mlp_ratio * channels), impl=mlp_impl, name="mlp", **kw)(y)
         y = layers.LayerScale(self.layer_scale_init, self.param_dtype, name="layer_scale2")(y)
         return x + drop_path(y, deterministic=not train)
 

@@ -70,17 +70,19 @@ def conv(
 def dense(
     features: int,
     *,
+    impl: str = "xla",
     dtype: Dtype = jnp.float32,
     param_dtype: Dtype = jnp.float32,
     name: str | None = None,
-) -> nn.Dense:
-    """A dense layer with the project's initialisers."""
-    return nn.Dense(
+) -> "Dense":
+    """A dense layer with the project's initialisers; ``impl`` as for `conv` (`Dense`)."""
+    return Dense(
         features,
         dtype=dtype,
         param_dtype=param_dtype,
         kernel_init=kernel_init,
         bias_init=bias_init,
+        impl=impl,
         name=name,
     )
 
@@ -137,6 +139,26 @@ class Conv(nn.Conv):
         (pad, _), _ = self.padding
         y = dense_conv.conv2d(inputs, kernel, stride=self.strides[0], padding=pad, impl=impl)
         return y if bias is None else y + bias
+
+
+class Dense(nn.Dense):
+    """``nn.Dense`` whose matmul over ``(..., C)`` inputs is chosen by ``impl``.
+
+    The parameters are exactly ``nn.Dense``'s (``kernel`` ``(C_in, C_out)``, ``bias``).
+    A dense-conv ``impl`` (`dmformer_jax.models.dense_conv`) that resolves to ``'xla'``
+    runs ``nn.Dense`` itself; the CPU implementations merge the leading axes first
+    (`dense_conv.flat_matmul`: 2-D gradients, faster on XLA's CPU backend).
+    """
+
+    impl: str = "xla"
+
+    @nn.compact
+    def __call__(self, inputs: Array) -> Array:
+        """``inputs``: ``(..., C_in)`` -> ``(..., C_out)``."""
+        if inputs.ndim <= 2 or dense_conv.resolve_impl(self.impl) == "xla":
+            return super().__call__(inputs)
+        flat = super().__call__(inputs.reshape(-1, inputs.shape[-1]))
+        return flat.reshape(*inputs.shape[:-1], self.features)
 
 
 class DepthwiseConv(nn.Conv):
@@ -235,9 +257,14 @@ class LayerScale(nn.Module):
 
 
 class Mlp(nn.Module):
-    """Channel MLP: Dense(ratio·C) -> GELU (exact, erf) -> Dense(C)."""
+    """Channel MLP: Dense(ratio·C) -> GELU (exact, erf) -> Dense(C).
+
+    ``impl``: the dense-conv implementation (`dmformer_jax.models.dense_conv`); the two
+    layers are 1×1 convs in effect, and ``'auto'`` picks the backend's (`Dense`).
+    """
 
     hidden_features: int
+    impl: str = "auto"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -245,10 +272,11 @@ class Mlp(nn.Module):
     def __call__(self, x: Array) -> Array:
         """``x``: ``(..., C)`` -> ``(..., C)``."""
         out_features = x.shape[-1]
-        x = dense(self.hidden_features, dtype=self.dtype, param_dtype=self.param_dtype, name="fc1")(x)
+        kw = dict(impl=self.impl, dtype=self.dtype, param_dtype=self.param_dtype)
+        x = dense(self.hidden_features, name="fc1", **kw)(x)
         # Exact GELU, as PyTorch's nn.GELU() and the MetaFormer reference use.
         x = nn.gelu(x, approximate=False)
-        return dense(out_features, dtype=self.dtype, param_dtype=self.param_dtype, name="fc2")(x)
+        return dense(out_features, name="fc2", **kw)(x)
 
 
 def tuple_of(values: Sequence[int]) -> tuple[int, ...]:
