@@ -53,8 +53,8 @@ def _inputs(k, dtype, shape=(2, 11, 9, 6), seed=0):
     return x, kernel
 
 
-def _check(impl, k, dilation, padding, dtype, rtol, rtol_dkernel=None):
-    x, kernel = _inputs(k, dtype)
+def _check(impl, k, dilation, padding, dtype, rtol, rtol_dkernel=None, shape=(2, 11, 9, 6)):
+    x, kernel = _inputs(k, dtype, shape=shape)
     oh = x.shape[1] + 2 * padding - dilation * (k - 1)
     ow = x.shape[2] + 2 * padding - dilation * (k - 1)
     ct = np.random.RandomState(1).randn(x.shape[0], oh, ow, x.shape[3]).astype(np.float32)
@@ -122,3 +122,16 @@ def test_auto_resolves_per_backend_and_rejects_unknown():
         depthwise.resolve_impl("nope")
     with pytest.raises(ValueError, match=r"must be \(k, k, 1, C=4\)"):
         depthwise.depthwise_conv2d(jnp.zeros((1, 5, 5, 4)), jnp.zeros((3, 3, 4, 4)))
+
+
+# (shape, rows per scan step): a whole image per step (the default shape's 11×9), two
+# 6-row blocks per image, and wide rows one at a time.
+ROW_BLOCKS = [((2, 11, 9, 6), 11), ((2, 12, 10, 4), 6), ((2, 5, 30, 3), 1)]
+
+
+@pytest.mark.parametrize("shape,rows", ROW_BLOCKS)
+def test_kernel_gradient_row_blocks(shape, rows):
+    """shift_add_vjp's kernel gradient scans blocks of output rows; every block size
+    `_rows_per_step` picks (several blocks per image included) matches float64."""
+    assert depthwise._rows_per_step(shape[1], shape[2]) == rows
+    _check("shift_add_vjp", 5, 1, 2, jnp.float32, rtol=1e-5, shape=shape)

@@ -15,11 +15,12 @@ Implementations (timings in ``docs/benchmarks.md``):
   - ``'shift_add_vjp'``: the shift-and-add forward with a custom VJP. The input
     gradient is the same shift-and-add (flipped kernel on the output gradient). The
     kernel gradient ``dK[i, j, c] = Σ_{b,h,w} x_pad[b, h+i·d, w+j·d, c]·g[b, h, w, c]``
-    is computed one output row at a time inside a ``lax.scan``: the k² products of
-    one row are stacked (``(W', k²·C)``, a few hundred KiB, in cache) and summed by
-    one matrix–vector product with a ones vector. So the activations are read once,
-    not k² times, and XLA's CPU backend sees one small GEMV per row rather than k²
-    strided reductions over the whole batch.
+    is computed a block of output rows at a time inside a ``lax.scan``: the block's
+    k² tap sums are reduced while its rows are in cache. So the activations are read
+    from memory once, not k² times, and XLA's CPU backend sees k² small reductions per
+    block rather than k² strided reductions over the whole batch. (Until 2026-11-28
+    the k² products of one row were stacked and summed by a GEMV with ones: ~2× slower
+    for the 7×7 branch at 56×56 and at 14×14.)
 
 ``'auto'`` picks per backend (`resolve_impl`).
 """
@@ -87,31 +88,50 @@ def shift_add_depthwise(x: Array, kernel: Array, *, dilation: int, padding: int)
     return out.astype(x.dtype)
 
 
+# Rows per scan step of the kernel gradient, measured on XLA:CPU (dmformer_s, batch 32,
+# 2-core AVX-512 EPYC, 2026-11-28; docs/benchmarks.md): one row when rows are wide
+# (W' ≥ 28: more rows per step were 1.5–3× slower), else whole groups of rows up to
+# ~112 output pixels per step (W' = 14: 7 rows, 2× faster than one), since a narrow
+# row leaves each step too little work for its fixed cost.
+WIDE_ROW = 28
+PIXELS_PER_STEP = 112
+
+
+def _rows_per_step(out_h: int, out_w: int) -> int:
+    """How many output rows one scan step of `_kernel_grad` covers (divides ``out_h``)."""
+    if out_w >= WIDE_ROW:
+        return 1
+    fits = [r for r in range(1, out_h + 1) if out_h % r == 0 and r * out_w <= PIXELS_PER_STEP]
+    return max(fits, default=1)
+
+
 def _kernel_grad(x: Array, g: Array, k_h: int, k_w: int, dilation: int, padding: int) -> Array:
     """``dK`` ``(k_h, k_w, 1, C)`` in float32 from ``x`` ``(B, H, W, C)`` and ``g`` ``(B, H', W', C)``.
 
-    One scan step per output row (b, h): the row's k² products ``(W', k²·C)`` are
-    formed in cache and summed by a GEMV with ones (see the module docstring).
+    One scan step per block of R output rows of one image (`_rows_per_step`): the k²
+    tap sums ``Σ_{rows, w} x_window · g`` of the block, read from cache (see the
+    module docstring).
     """
     batch, out_h, out_w, channels = g.shape
     x_pad = _pad_hw(x, padding)
-    span_h = dilation * (k_h - 1) + 1
-    rows = batch * out_h
+    rows = _rows_per_step(out_h, out_w)
+    span_h = dilation * (k_h - 1) + rows
+    blocks_per_image = out_h // rows
 
-    def row_sum(acc: Array, index: Array) -> tuple[Array, None]:
-        b, h = index // out_h, index % out_h
+    def block_sum(acc: Array, index: Array) -> tuple[Array, None]:
+        b, h = index // blocks_per_image, (index % blocks_per_image) * rows
         x_rows = lax.dynamic_slice(
             x_pad, (b, h, 0, 0), (1, span_h, x_pad.shape[2], channels)
         ).astype(jnp.float32)
-        g_row = lax.dynamic_slice(g, (b, h, 0, 0), (1, 1, out_w, channels)).astype(jnp.float32)
-        products = jnp.stack(
-            [win * g_row for _, _, win in _windows(x_rows, k_h, k_w, dilation, 1, out_w)],
-            axis=-2,
-        ).reshape(out_w, k_h * k_w * channels)
-        return acc + jnp.ones((out_w,), jnp.float32) @ products, None
+        g_rows = lax.dynamic_slice(g, (b, h, 0, 0), (1, rows, out_w, channels)).astype(jnp.float32)
+        taps = [
+            jnp.sum(win * g_rows, axis=(0, 1, 2))
+            for _, _, win in _windows(x_rows, k_h, k_w, dilation, rows, out_w)
+        ]
+        return acc + jnp.concatenate(taps), None
 
     acc, _ = lax.scan(
-        row_sum, jnp.zeros((k_h * k_w * channels,), jnp.float32), jnp.arange(rows)
+        block_sum, jnp.zeros((k_h * k_w * channels,), jnp.float32), jnp.arange(batch * blocks_per_image)
     )
     return acc.reshape(k_h, k_w, 1, channels)
 
