@@ -45,7 +45,7 @@ def _jitted(impl, stride, padding):
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
 
 
-def _check(impl, k, stride, padding, dtype, rtol, shape=(2, 13, 11, 5), c_out=7):
+def _check(impl, k, stride, padding, dtype, rtol, shape=(2, 13, 11, 5), c_out=7, jitted=None):
     rng = np.random.RandomState(k * 10 + stride)
     # Round to the test dtype first so the reference sees exactly the same inputs.
     x = np.asarray(jnp.asarray(rng.randn(*shape), dtype).astype(jnp.float32))
@@ -53,7 +53,7 @@ def _check(impl, k, stride, padding, dtype, rtol, shape=(2, 13, 11, 5), c_out=7)
     oh = (shape[1] + 2 * padding - k) // stride + 1
     ow = (shape[2] + 2 * padding - k) // stride + 1
     ct = rng.randn(shape[0], oh, ow, c_out).astype(np.float32)
-    (_, y), (dx, dk) = _jitted(impl, stride, padding)(
+    (_, y), (dx, dk) = (jitted or _jitted(impl, stride, padding))(
         jnp.asarray(x, dtype), jnp.asarray(kernel, dtype), jnp.asarray(ct)
     )
     assert y.dtype == dtype and dx.dtype == dtype and dk.dtype == dtype
@@ -78,6 +78,24 @@ def test_float32_matches_float64_reference(impl, k, stride, padding):
 @pytest.mark.parametrize("k,stride,padding", CASES)
 def test_bfloat16_matches_float64_reference(impl, k, stride, padding):
     _check(impl, k, stride, padding, jnp.bfloat16, rtol=3e-2)
+
+
+@pytest.mark.parametrize("impl", ["im2col", "im2col_tconv"])
+@pytest.mark.parametrize("k,stride,padding", CASES)
+@pytest.mark.parametrize("pixels_per_block", [1, 11, 20])
+def test_kernel_gradient_in_row_blocks_matches_float64(monkeypatch, impl, k, stride, padding, pixels_per_block):
+    """The kernel gradient built a block of output rows at a time (what large convs such
+    as the stem get): one row, one whole row of an image's width 11 (out widths 4–11),
+    and several rows per block, each against the float64 reference."""
+    monkeypatch.setattr(dense_conv, "PATCH_BYTES_AT_ONCE", 0)
+    monkeypatch.setattr(dense_conv, "PIXELS_PER_BLOCK", pixels_per_block)
+
+    def loss(x, kernel, ct):
+        y = dense_conv.conv2d(x, kernel, stride=stride, padding=padding, impl=impl)
+        return jnp.sum(y.astype(jnp.float32) * ct), y
+
+    jitted = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))  # traced with the patch
+    _check(impl, k, stride, padding, jnp.float32, rtol=1e-5, shape=(2, 12, 11, 5), jitted=jitted)
 
 
 def test_conv_layer_keeps_nn_conv_parameters_and_values():
@@ -153,3 +171,69 @@ def test_stem_output_and_parameter_gradients_match_float64(impl):
         numeric = (shifted[0] - shifted[1]) / (2 * eps)
         analytic = float(np.sum(np.asarray(grads[layer][name], np.float64) * direction))
         assert abs(analytic - numeric) <= 1e-4 * (abs(numeric) + 1.0), (layer, name, analytic, numeric)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_dense_layer_keeps_nn_dense_parameters_and_matches_float64(impl):
+    """`layers.Dense` on ``(B, H, W, C)``: ``nn.Dense``'s parameter tree, and output and
+    gradients (input, kernel, bias) equal to a float64 ``x @ W + b``, whichever impl."""
+    rng = np.random.RandomState(3)
+    x = rng.randn(2, 5, 3, 6).astype(np.float32)
+    ct = rng.randn(2, 5, 3, 4).astype(np.float32)
+    layer = layers.dense(4, impl=impl)
+    variables = layer.init(jax.random.key(0), jnp.asarray(x))
+    ref_vars = nn.Dense(4).init(jax.random.key(0), jnp.asarray(x))
+    assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, ref_vars)
+    params = {"kernel": rng.randn(6, 4).astype(np.float32), "bias": rng.randn(4).astype(np.float32)}
+
+    def loss(p, x):
+        y = layer.apply({"params": p}, x)
+        return jnp.sum(y * ct), y
+
+    (_, y), (dp, dx) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, jnp.asarray(x))
+    x64, w64, ct64 = (np.asarray(a, np.float64) for a in (x, params["kernel"], ct))
+    want = {
+        "out": x64 @ w64 + params["bias"],
+        "dx": ct64 @ w64.T,
+        "dkernel": np.einsum("bhwc,bhwd->cd", x64, ct64),
+        "dbias": ct64.sum((0, 1, 2)),
+    }
+    got = {"out": y, "dx": dx, "dkernel": dp["kernel"], "dbias": dp["bias"]}
+    for name, ref in want.items():
+        np.testing.assert_allclose(np.asarray(got[name], np.float64), ref, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def _dot_operand_ranks(fn, *args) -> set[int]:
+    """Ranks of the left operands of every ``dot_general`` in ``fn``'s jaxpr (nested too)."""
+    ranks = set()
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                ranks.add(eqn.invars[0].aval.ndim)
+            for sub in jax.core.jaxprs_in_params(eqn.params):
+                walk(sub)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return ranks
+
+
+@pytest.mark.parametrize("impl,flat", [("im2col_tconv", True), ("im2col", True), ("xla", False)])
+def test_block_matmuls_are_2d_under_the_cpu_impls(impl, flat):
+    """The CPU conv impls reach the MLP and the DMA's 1×1 convs: their matmuls (forward
+    and gradients) see 2-D ``(B·H·W, C)`` operands, the layout measured ~1.5× faster on
+    XLA:CPU (docs/benchmarks.md); ``'xla'`` keeps ``nn.Dense`` / ``nn.Conv``."""
+    from dmformer_jax.models.backbone import Block
+
+    block = Block(mlp_ratio=2.0, dma={"conv_impl": impl, "depthwise_impl": "shift_add"})
+    x = jnp.asarray(np.random.RandomState(0).randn(2, 6, 6, 6), jnp.float32)
+    variables = block.init(jax.random.key(0), x)
+
+    def loss(params, x):
+        return jnp.sum(block.apply({**variables, "params": params}, x) ** 2)
+
+    ranks = _dot_operand_ranks(jax.grad(loss, argnums=(0, 1)), variables["params"], x)
+    if flat:
+        assert ranks == {2}, ranks  # the gate's dense layers are 2-D already
+    else:
+        assert 4 in ranks, ranks

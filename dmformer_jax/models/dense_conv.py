@@ -97,6 +97,49 @@ def im2col_conv(x: Array, kernel: Array, *, stride: int, padding: int) -> Array:
     )
 
 
+# The kernel gradient ``patchesᵀ @ g`` builds the patch matrix a block of output rows at
+# a time when the whole matrix would exceed PATCH_BYTES_AT_ONCE, each block up to
+# PIXELS_PER_BLOCK output pixels. Measured on XLA:CPU (dmformer_s, batch 32, 2-core
+# AVX-512 EPYC, 2026-11-28; docs/benchmarks.md): the stem's 3×3 conv 456 → 331 ms,
+# its 7×7 conv 189 → 117 ms, its 2×2 conv 74 → 52 ms; the stage-2/3 downsampling convs
+# (≤ 29 MB of patches) were the same or slower in blocks, so they stay one matmul.
+PATCH_BYTES_AT_ONCE = 32 * 2**20
+PIXELS_PER_BLOCK = 1792
+
+
+def im2col_kernel_grad(x: Array, g: Array, k: int, stride: int, padding: int) -> Array:
+    """``dkernel`` ``(k, k, C_in, C_out)`` of ``im2col_conv``: ``patches(x)ᵀ @ g``.
+
+    ``x`` ``(B, H, W, C_in)``, ``g`` ``(B, H', W', C_out)``. Large patch matrices are
+    built and multiplied a block of rows at a time inside a ``lax.scan``, summing in
+    float32, so the ``(B·H'·W', k²·C_in)`` matrix (925 MB for dmformer_s's stem at
+    batch 32) never exists at once.
+    """
+    batch, out_h, out_w, c_out = g.shape
+    c_in = x.shape[-1]
+    patch_bytes = batch * out_h * out_w * k * k * c_in * x.dtype.itemsize
+    if patch_bytes <= PATCH_BYTES_AT_ONCE:
+        _, vjp = jax.vjp(lambda kern: im2col_conv(x, kern, stride=stride, padding=padding),
+                         jnp.zeros((k, k, c_in, c_out), x.dtype))
+        return vjp(g)[0]
+    rows = max(r for r in range(1, out_h + 1) if out_h % r == 0 and (r == 1 or r * out_w <= PIXELS_PER_BLOCK))
+    blocks_per_image = out_h // rows
+    x_pad = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    span_h = (rows - 1) * stride + k
+
+    def block(acc: Array, index: Array) -> tuple[Array, None]:
+        b, h = index // blocks_per_image, (index % blocks_per_image) * rows
+        x_rows = lax.dynamic_slice(x_pad, (b, h * stride, 0, 0), (1, span_h, x_pad.shape[2], c_in))
+        g_rows = lax.dynamic_slice(g, (b, h, 0, 0), (1, rows, out_w, c_out)).reshape(rows * out_w, c_out)
+        patches = im2col_patches(x_rows, k, stride, 0).reshape(rows * out_w, k * k * c_in)
+        return acc + jnp.matmul(patches.T, g_rows, preferred_element_type=jnp.float32), None
+
+    acc, _ = lax.scan(
+        block, jnp.zeros((k * k * c_in, c_out), jnp.float32), jnp.arange(batch * blocks_per_image)
+    )
+    return acc.reshape(k, k, c_in, c_out).astype(x.dtype)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv_im2col_grad(x: Array, kernel: Array, stride: int, padding: int) -> Array:
     return xla_conv(x, kernel, stride=stride, padding=padding)
@@ -109,8 +152,9 @@ def _conv_im2col_grad_fwd(x, kernel, stride, padding):
 def _conv_im2col_grad_bwd(stride, padding, residuals, g):
     x, kernel = residuals
     # The primal output of this vjp is unused and removed by XLA's dead-code pass.
-    _, vjp = jax.vjp(lambda x, k: im2col_conv(x, k, stride=stride, padding=padding), x, kernel)
-    return vjp(g)
+    _, vjp = jax.vjp(lambda x: im2col_conv(x, kernel, stride=stride, padding=padding), x)
+    dk = im2col_kernel_grad(x, g, kernel.shape[0], stride, padding)
+    return vjp(g)[0], dk.astype(kernel.dtype)
 
 
 _conv_im2col_grad.defvjp(_conv_im2col_grad_fwd, _conv_im2col_grad_bwd)
@@ -137,8 +181,7 @@ def _conv_tconv_grad_bwd(stride, padding, residuals, g):
     x, kernel = residuals
     dx = transposed_conv_input_grad(g, kernel, padding=padding)
     # Only the kernel gradient of the im2col matmul: the patches of x, transposed, @ g.
-    _, vjp = jax.vjp(lambda k: im2col_conv(x, k, stride=stride, padding=padding), kernel)
-    return dx, vjp(g)[0]
+    return dx, im2col_kernel_grad(x, g, kernel.shape[0], stride, padding).astype(kernel.dtype)
 
 
 _conv_tconv_grad.defvjp(_conv_im2col_grad_fwd, _conv_tconv_grad_bwd)
