@@ -237,3 +237,21 @@ def test_block_matmuls_are_2d_under_the_cpu_impls(impl, flat):
         assert ranks == {2}, ranks  # the gate's dense layers are 2-D already
     else:
         assert 4 in ranks, ranks
+
+
+def test_micro_benchmark_fwd_bwd_timer_computes_the_forward_too():
+    """`bench.jax_fwd_and_fwd_bwd`'s "fwd+bwd" must run the forward: a conv's gradients
+    do not need its output, so unless the output is returned XLA drops it and the
+    timer measures the backward alone (PyTorch's timer always runs the forward)."""
+    from dmformer_jax import bench
+
+    rng = np.random.RandomState(0)
+    x = jnp.asarray(rng.randn(1, 6, 6, 3), jnp.float32)
+    w = jnp.asarray(rng.randn(3, 3, 3, 4), jnp.float32)
+    ct = jnp.asarray(rng.randn(1, 6, 6, 4), jnp.float32)
+    fn = functools.partial(dense_conv.conv2d, stride=1, padding=1, impl="xla")
+    _, fwd_bwd = bench.jax_fwd_and_fwd_bwd(fn, x, w, ct)
+    y, (dx, dw) = fwd_bwd()
+    want_y, want_dx, want_dw = reference(x, w, ct, 1, 1)
+    for got, want in ((y, want_y), (dx, want_dx), (dw, want_dw)):
+        np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-4, atol=1e-4)
