@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from dmformer_jax.models.impls import resolve
+from dmformer_jax.models.row_blocks import rows_per_block, sum_over_row_blocks
 
 Array = jax.Array
 
@@ -107,8 +108,8 @@ PATCH_BYTES_AT_ONCE = 32 * 2**20
 PIXELS_PER_BLOCK = 1792
 
 
-def im2col_kernel_grad(x: Array, g: Array, k: int, stride: int, padding: int) -> Array:
-    """``dkernel`` ``(k, k, C_in, C_out)`` of ``im2col_conv``: ``patches(x)ᵀ @ g``.
+def im2col_kernel_grad(x: Array, g: Array, kernel: Array, stride: int, padding: int) -> Array:
+    """``dkernel`` (``kernel``'s shape and dtype) of ``im2col_conv``: ``patches(x)ᵀ @ g``.
 
     ``x`` ``(B, H, W, C_in)``, ``g`` ``(B, H', W', C_out)``. Large patch matrices are
     built and multiplied a block of rows at a time inside a ``lax.scan``, summing in
@@ -116,28 +117,24 @@ def im2col_kernel_grad(x: Array, g: Array, k: int, stride: int, padding: int) ->
     batch 32) never exists at once.
     """
     batch, out_h, out_w, c_out = g.shape
-    c_in = x.shape[-1]
+    k, c_in = kernel.shape[0], x.shape[-1]
     patch_bytes = batch * out_h * out_w * k * k * c_in * x.dtype.itemsize
     if patch_bytes <= PATCH_BYTES_AT_ONCE:
-        _, vjp = jax.vjp(lambda kern: im2col_conv(x, kern, stride=stride, padding=padding),
-                         jnp.zeros((k, k, c_in, c_out), x.dtype))
+        _, vjp = jax.vjp(lambda kern: im2col_conv(x, kern, stride=stride, padding=padding), kernel)
         return vjp(g)[0]
-    rows = max(r for r in range(1, out_h + 1) if out_h % r == 0 and (r == 1 or r * out_w <= PIXELS_PER_BLOCK))
-    blocks_per_image = out_h // rows
+    rows = rows_per_block(out_h, out_w, PIXELS_PER_BLOCK)
     x_pad = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     span_h = (rows - 1) * stride + k
 
-    def block(acc: Array, index: Array) -> tuple[Array, None]:
-        b, h = index // blocks_per_image, (index % blocks_per_image) * rows
+    def block_sum(b: Array, h: Array) -> Array:
         x_rows = lax.dynamic_slice(x_pad, (b, h * stride, 0, 0), (1, span_h, x_pad.shape[2], c_in))
         g_rows = lax.dynamic_slice(g, (b, h, 0, 0), (1, rows, out_w, c_out)).reshape(rows * out_w, c_out)
         patches = im2col_patches(x_rows, k, stride, 0).reshape(rows * out_w, k * k * c_in)
-        return acc + jnp.matmul(patches.T, g_rows, preferred_element_type=jnp.float32), None
+        return jnp.matmul(patches.T, g_rows, preferred_element_type=jnp.float32)
 
-    acc, _ = lax.scan(
-        block, jnp.zeros((k * k * c_in, c_out), jnp.float32), jnp.arange(batch * blocks_per_image)
-    )
-    return acc.reshape(k, k, c_in, c_out).astype(x.dtype)
+    init = jnp.zeros((k * k * c_in, c_out), jnp.float32)
+    acc = sum_over_row_blocks(block_sum, init, batch, out_h, rows)
+    return acc.reshape(kernel.shape).astype(kernel.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -153,8 +150,7 @@ def _conv_im2col_grad_bwd(stride, padding, residuals, g):
     x, kernel = residuals
     # The primal output of this vjp is unused and removed by XLA's dead-code pass.
     _, vjp = jax.vjp(lambda x: im2col_conv(x, kernel, stride=stride, padding=padding), x)
-    dk = im2col_kernel_grad(x, g, kernel.shape[0], stride, padding)
-    return vjp(g)[0], dk.astype(kernel.dtype)
+    return vjp(g)[0], im2col_kernel_grad(x, g, kernel, stride, padding)
 
 
 _conv_im2col_grad.defvjp(_conv_im2col_grad_fwd, _conv_im2col_grad_bwd)
@@ -181,7 +177,7 @@ def _conv_tconv_grad_bwd(stride, padding, residuals, g):
     x, kernel = residuals
     dx = transposed_conv_input_grad(g, kernel, padding=padding)
     # Only the kernel gradient of the im2col matmul: the patches of x, transposed, @ g.
-    return dx, im2col_kernel_grad(x, g, kernel.shape[0], stride, padding).astype(kernel.dtype)
+    return dx, im2col_kernel_grad(x, g, kernel, stride, padding)
 
 
 _conv_tconv_grad.defvjp(_conv_im2col_grad_fwd, _conv_tconv_grad_bwd)

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from dmformer_jax.models.impls import resolve
+from dmformer_jax.models.row_blocks import rows_per_block, sum_over_row_blocks
 
 Array = jax.Array
 DepthwiseFn = Callable[..., Array]
@@ -99,10 +100,7 @@ PIXELS_PER_STEP = 112
 
 def _rows_per_step(out_h: int, out_w: int) -> int:
     """How many output rows one scan step of `_kernel_grad` covers (divides ``out_h``)."""
-    if out_w >= WIDE_ROW:
-        return 1
-    fits = [r for r in range(1, out_h + 1) if out_h % r == 0 and r * out_w <= PIXELS_PER_STEP]
-    return max(fits, default=1)
+    return 1 if out_w >= WIDE_ROW else rows_per_block(out_h, out_w, PIXELS_PER_STEP)
 
 
 def _kernel_grad(x: Array, g: Array, k_h: int, k_w: int, dilation: int, padding: int) -> Array:
@@ -116,10 +114,8 @@ def _kernel_grad(x: Array, g: Array, k_h: int, k_w: int, dilation: int, padding:
     x_pad = _pad_hw(x, padding)
     rows = _rows_per_step(out_h, out_w)
     span_h = dilation * (k_h - 1) + rows
-    blocks_per_image = out_h // rows
 
-    def block_sum(acc: Array, index: Array) -> tuple[Array, None]:
-        b, h = index // blocks_per_image, (index % blocks_per_image) * rows
+    def block_sum(b: Array, h: Array) -> Array:
         x_rows = lax.dynamic_slice(
             x_pad, (b, h, 0, 0), (1, span_h, x_pad.shape[2], channels)
         ).astype(jnp.float32)
@@ -128,12 +124,10 @@ def _kernel_grad(x: Array, g: Array, k_h: int, k_w: int, dilation: int, padding:
             jnp.sum(win * g_rows, axis=(0, 1, 2))
             for _, _, win in _windows(x_rows, k_h, k_w, dilation, rows, out_w)
         ]
-        return acc + jnp.concatenate(taps), None
+        return jnp.concatenate(taps)
 
-    acc, _ = lax.scan(
-        block_sum, jnp.zeros((k_h * k_w * channels,), jnp.float32), jnp.arange(batch * blocks_per_image)
-    )
-    return acc.reshape(k_h, k_w, 1, channels)
+    init = jnp.zeros((k_h * k_w * channels,), jnp.float32)
+    return sum_over_row_blocks(block_sum, init, batch, out_h, rows).reshape(k_h, k_w, 1, channels)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
