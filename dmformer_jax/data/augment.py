@@ -175,8 +175,10 @@ def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 
 def grayscale(image: tf.Tensor) -> tf.Tensor:
     """ITU-R 601-2 luma (PIL's 'L' conversion) [H, W, 1], rounded."""
-    weights = tf.constant([0.299, 0.587, 0.114], tf.float32)
-    return tf.round(tf.reduce_sum(image * weights, axis=-1, keepdims=True))
+    # Channel slices, not a product with a [3] weight vector and a reduction over the
+    # last axis: ~8x faster on TF's CPU kernels (2026-11-28), the same sums.
+    red, green, blue = image[..., 0:1], image[..., 1:2], image[..., 2:3]
+    return tf.round(red * 0.299 + green * 0.587 + blue * 0.114)
 
 
 def blend(degenerate: tf.Tensor, image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
@@ -253,15 +255,25 @@ def random_erasing(
     left = tf.cast(tf.floor(tf.random.stateless_uniform([], s[4]) * tf.cast(w - ew + 1, tf.float32)), tf.int32)
 
     def erase():
-        rows = tf.range(h)[:, None, None]
-        cols = tf.range(w)[None, :, None]
-        inside = (rows >= top) & (rows < top + eh) & (cols >= left) & (cols < left + ew)
-        noise = tf.random.stateless_normal(shape, s[5], dtype=image.dtype)
-        return tf.where(inside, noise, image)
+        # Noise for the box only, as timm draws it; pasted with slices, not a full-image
+        # mask and tf.where (~0.7 ms a 224x224 image on one CPU thread, the paste ~0.05).
+        noise = tf.random.stateless_normal(tf.stack([eh, ew, shape[2]]), s[5], dtype=image.dtype)
+        return paste_box(image, noise, top, left)
 
-    # Noise and mask only when a box is erased (1 image in 4): they cost ~2.8 ms a
-    # 224x224 image on one CPU thread, more than the rest of the op.
     return tf.cond(apply & tf.reduce_any(fits), erase, lambda: image)
+
+
+def paste_box(base: tf.Tensor, patch: tf.Tensor, top, left) -> tf.Tensor:
+    """``base`` [..., H, W, C] with ``patch`` [..., h, w, C] written at rows
+    [top, top + h) and columns [left, left + w) (the box must lie inside ``base``).
+
+    Slices and concatenations (copies) instead of a box mask and `tf.where`: TF's CPU
+    select kernel is ~7x slower than a copy (2026-11-28, one thread).
+    """
+    h, w = tf.shape(patch)[-3], tf.shape(patch)[-2]
+    band = base[..., top : top + h, :, :]
+    band = tf.concat([band[..., :left, :], patch, band[..., left + w :, :]], axis=-2)
+    return tf.concat([base[..., :top, :, :], band, base[..., top + h :, :, :]], axis=-3)
 
 
 # ---------------------------------------------------------------------------- eval
@@ -353,21 +365,18 @@ def mix_batch(
         use_cutmix = tf.constant(cutmix_alpha > 0)
     lam_mix = sample_beta(s[1], mixup_alpha) if mixup_alpha > 0 else tf.constant(1.0)
     lam_cut = sample_beta(s[2], cutmix_alpha) if cutmix_alpha > 0 else tf.constant(1.0)
-    flipped = tf.reverse(images, [0])  # not images[::-1]: negative strides are slow on CPU
     shape = tf.shape(images)
     h, w = shape[1], shape[2]
 
     def cutmix():
-        box = cutmix_box(s[3], h, w, lam_cut)
-        rows = tf.range(h)[None, :, None, None]
-        cols = tf.range(w)[None, None, :, None]
-        inside = (rows >= box[0]) & (rows < box[1]) & (cols >= box[2]) & (cols < box[3])
-        area = tf.cast((box[1] - box[0]) * (box[3] - box[2]), tf.float32)
+        y0, y1, x0, x1 = tf.unstack(cutmix_box(s[3], h, w, lam_cut))
+        area = tf.cast((y1 - y0) * (x1 - x0), tf.float32)
         lam = 1.0 - area / tf.cast(h * w, tf.float32)
-        return tf.where(inside, flipped, images), lam
+        # negative strides are slow on CPU: tf.reverse, not [::-1]
+        return paste_box(images, tf.reverse(images[:, y0:y1, x0:x1], [0]), y0, x0), lam
 
     def mixup():
-        return images * lam_mix + flipped * (1.0 - lam_mix), lam_mix
+        return images * lam_mix + tf.reverse(images, [0]) * (1.0 - lam_mix), lam_mix
 
     mixed, lam = tf.cond(use_cutmix, cutmix, mixup)
     soft = targets * lam + targets[::-1] * (1.0 - lam)

@@ -61,9 +61,13 @@ def autocontrast(image: tf.Tensor) -> tf.Tensor:
     """PIL `ImageOps.autocontrast` (cutoff 0), per channel: stretch [min, max] to 0..255."""
     lo = tf.reduce_min(image, axis=[0, 1])
     hi = tf.reduce_max(image, axis=[0, 1])
-    scale = 255.0 / tf.maximum(hi - lo, 1.0)
-    out = tf.floor(tf.clip_by_value((image - lo) * scale, 0.0, 255.0))
-    return tf.where(hi > lo, out, image)
+    # A flat channel (hi == lo) maps through offset 0 and scale 1, i.e. stays as it is
+    # (integral values): no per-pixel tf.where, which TF's CPU kernels run ~7x slower
+    # than arithmetic.
+    flat = hi <= lo
+    scale = tf.where(flat, 1.0, 255.0 / tf.maximum(hi - lo, 1.0))
+    lo = tf.where(flat, 0.0, lo)
+    return tf.floor(tf.clip_by_value((image - lo) * scale, 0.0, 255.0))
 
 
 def equalize(image: tf.Tensor) -> tf.Tensor:
@@ -77,7 +81,7 @@ def equalize(image: tf.Tensor) -> tf.Tensor:
         safe = tf.maximum(step, 1)
         lut = (tf.cumsum(hist, exclusive=True) + safe // 2) // safe
         lut = tf.cast(tf.minimum(lut, 255), tf.float32)
-        return tf.where(step > 0, tf.gather(lut, values), channel)
+        return tf.cond(step > 0, lambda: tf.gather(lut, values), lambda: channel)
 
     return tf.stack([one_channel(image[..., c]) for c in range(3)], axis=-1)
 
@@ -90,12 +94,15 @@ def posterize(image: tf.Tensor, bits: tf.Tensor) -> tf.Tensor:
 
 def solarize(image: tf.Tensor, threshold: tf.Tensor) -> tf.Tensor:
     """Invert the values >= threshold."""
-    return tf.where(image >= threshold, 255.0 - image, image)
+    # arithmetic, not tf.where (see autocontrast); exact for integral pixel values
+    inverted = tf.cast(image >= threshold, image.dtype)
+    return image + inverted * (255.0 - 2.0 * image)
 
 
 def solarize_add(image: tf.Tensor, addition: tf.Tensor, threshold: float = 128.0) -> tf.Tensor:
     """Add ``addition`` to the values < threshold, clipped at 255."""
-    return tf.where(image < threshold, tf.minimum(image + addition, 255.0), image)
+    below = tf.cast(image < threshold, image.dtype)  # arithmetic, not tf.where (see autocontrast)
+    return tf.minimum(image + below * addition, 255.0)
 
 
 def sharpness(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
