@@ -528,3 +528,33 @@ def test_flip_mirrors_image_and_label_together_or_neither():
         np.testing.assert_array_equal(got_label, label[:, ::-1] if flipped else label)  # the same decision
         outcomes.add(flipped)
     assert outcomes == {True, False}  # p = 0.5: both happen in 40 draws
+
+
+def test_saturation_in_rgb_equals_the_hsv_round_trip():
+    """`scale_hsv_saturation` (closed form in RGB) against matplotlib's float64 HSV round
+    trip, unrounded: grey, black, white and saturated pixels, alpha below and above 1
+    (S clipped at 1)."""
+    from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
+
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (16, 20, 3)).astype(np.float64)
+    image[0, :4] = [[0, 0, 0], [255, 255, 255], [77, 77, 77], [255, 0, 0]]
+    image[1] = rng.integers(0, 3, (20, 1)) + 120  # near-grey: tiny chroma
+    for alpha in (0.5, 0.93, 1.0, 1.4, 3.0):
+        hsv = rgb_to_hsv(image / 255.0)
+        hsv[..., 1] = np.clip(hsv[..., 1] * alpha, 0, 1)
+        want = hsv_to_rgb(hsv) * 255.0
+        got = T.scale_hsv_saturation(tf.constant(image, tf.float32), alpha).numpy()
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize("in_hw,out_hw", [((512, 683), (1024, 1366)), ((512, 683), (301, 401)), ((37, 23), (91, 11)),
+                                          ((1, 9), (5, 9)), ((640, 480), (640, 480)), ((333, 500), (667, 1001)),
+                                          ((2, 3), (107, 121))])  # the last: float32 ties
+def test_label_resize_equals_tf_nearest(in_hw, out_hw):
+    """`resize_label` (gathers) against TF's ResizeNearestNeighbor, the op it replaced."""
+    label = np.random.default_rng(sum(in_hw)).integers(0, 256, in_hw).astype(np.int32)
+    want = tf.image.resize(tf.constant(label)[..., None], out_hw, method="nearest")[..., 0].numpy()
+    got = T.resize_label(tf.constant(label), tf.constant(out_hw)).numpy()
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, want)
