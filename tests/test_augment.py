@@ -480,3 +480,19 @@ def test_mixup_lambda_is_beta_alpha_alpha():
     for alpha in (0.8, 2.0):
         lam = np.array([float(A.sample_beta(_seed(i), alpha)) for i in range(400)])
         assert stats.kstest(lam, "beta", args=(alpha, alpha)).pvalue > 1e-3, alpha
+
+
+def test_erasing_and_cutmix_keep_static_shapes():
+    """The pasted box (slices and concats) keeps the image's static shape: later
+    per-channel ops (`per_channel`, the uint8 transfer) take their fast path only with it."""
+    traced = []
+
+    @tf.function
+    def f(images, seed):
+        erased = A.random_erasing(images[0], seed, 1.0)
+        mixed, _ = A.mix_batch(images, tf.constant([0, 1]), seed, 4, 0.0, 1.0)
+        traced.append((erased.shape, mixed.shape))
+        return erased, mixed
+
+    f.get_concrete_function(tf.TensorSpec([2, 32, 32, 3]), tf.TensorSpec([2], tf.int64))
+    assert traced == [((32, 32, 3), (2, 32, 32, 3))]

@@ -273,7 +273,11 @@ def paste_box(base: tf.Tensor, patch: tf.Tensor, top, left) -> tf.Tensor:
     h, w = tf.shape(patch)[-3], tf.shape(patch)[-2]
     band = base[..., top : top + h, :, :]
     band = tf.concat([band[..., :left, :], patch, band[..., left + w :, :]], axis=-2)
-    return tf.concat([base[..., :top, :, :], band, base[..., top + h :, :, :]], axis=-3)
+    out = tf.concat([base[..., :top, :, :], band, base[..., top + h :, :, :]], axis=-3)
+    # Keep the static shape: later per-channel ops take their fast path only with it
+    # (`per_channel`).
+    out.set_shape(base.shape)
+    return out
 
 
 # ---------------------------------------------------------------------------- eval
