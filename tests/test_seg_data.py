@@ -558,3 +558,20 @@ def test_label_resize_equals_tf_nearest(in_hw, out_hw):
     got = T.resize_label(tf.constant(label), tf.constant(out_hw)).numpy()
     assert got.dtype == np.int32
     np.testing.assert_array_equal(got, want)
+
+
+def test_hue_shift_in_rgb_equals_the_hsv_round_trip():
+    """`shift_hsv_hue` (closed form in RGB) against matplotlib's float64 HSV round trip,
+    unrounded, for shifts of either sign, pixels with ties for the max channel, greys."""
+    from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
+
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (16, 20, 3)).astype(np.float64)
+    image[0, :8] = [[0, 0, 0], [255, 255, 255], [77, 77, 77], [255, 0, 0], [200, 200, 10], [10, 200, 200],
+                    [200, 10, 200], [0, 255, 0]]
+    for shift in (-18, -7, 1, 9, 17, 90):
+        hsv = rgb_to_hsv(image / 255.0)
+        hsv[..., 0] = (hsv[..., 0] * 180 + shift) % 180 / 180
+        want = hsv_to_rgb(hsv) * 255.0
+        got = T.shift_hsv_hue(tf.constant(image, tf.float32), shift / 180.0).numpy()
+        np.testing.assert_allclose(got, want, rtol=0, atol=5e-3)

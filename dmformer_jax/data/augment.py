@@ -173,6 +173,18 @@ def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
 
 
+def channel_planes(image: tf.Tensor) -> list[tf.Tensor]:
+    """[H, W, C] -> C planes [H, W]."""
+    return [image[..., c] for c in range(image.shape[-1])]
+
+
+def interleave_channels(planes: Sequence[tf.Tensor]) -> tf.Tensor:
+    """C planes [H, W] -> [H, W, C]. Stacked on a new first axis and transposed: TF's CPU
+    concat/stack along the last axis interleaves element by element, ~3x slower (3.0 vs
+    1.1 ms for 512x512x3, one thread, 2026-11-28)."""
+    return tf.transpose(tf.stack(list(planes), axis=0), [1, 2, 0])
+
+
 def grayscale(image: tf.Tensor) -> tf.Tensor:
     """ITU-R 601-2 luma (PIL's 'L' conversion) [H, W, 1], rounded."""
     # Channel slices, not a product with a [3] weight vector and a reduction over the

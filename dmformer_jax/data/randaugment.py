@@ -27,6 +27,8 @@ from dmformer_jax.data.augment import (
     adjust_contrast,
     adjust_saturation,
     blend,
+    channel_planes,
+    interleave_channels,
     per_channel,
     split_seed,
     to_uint8_range,
@@ -83,7 +85,7 @@ def equalize(image: tf.Tensor) -> tf.Tensor:
         lut = tf.cast(tf.minimum(lut, 255), tf.float32)
         return tf.cond(step > 0, lambda: tf.gather(lut, values), lambda: channel)
 
-    return tf.stack([one_channel(image[..., c]) for c in range(3)], axis=-1)
+    return interleave_channels([one_channel(plane) for plane in channel_planes(image)])
 
 
 def posterize(image: tf.Tensor, bits: tf.Tensor) -> tf.Tensor:
