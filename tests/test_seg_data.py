@@ -575,3 +575,23 @@ def test_hue_shift_in_rgb_equals_the_hsv_round_trip():
         want = hsv_to_rgb(hsv) * 255.0
         got = T.shift_hsv_hue(tf.constant(image, tf.float32), shift / 180.0).numpy()
         np.testing.assert_allclose(got, want, rtol=0, atol=5e-3)
+
+
+def test_pad_to_mean_pixel_is_static_and_exact():
+    """Padding with a per-channel value: the padded image keeps a static shape (the fast
+    per-channel path) and holds x inside, the value outside, exactly."""
+    traced = []
+
+    @tf.function
+    def f(image, label):
+        out, lab = T.pad_to(image, label, 12, 10, [124.0, 116.0, 104.0])
+        traced.append(out.shape)
+        return out, lab
+
+    image = np.random.default_rng(0).integers(0, 256, (7, 9, 3)).astype(np.float32)
+    out, lab = (t.numpy() for t in f(tf.constant(image), tf.zeros([7, 9], tf.int32)))
+    assert traced == [(12, 10, 3)]
+    np.testing.assert_array_equal(out[:7, :9], image)
+    np.testing.assert_array_equal(out[7:], np.broadcast_to([124.0, 116.0, 104.0], (5, 10, 3)))
+    np.testing.assert_array_equal(out[:, 9:], np.broadcast_to([124.0, 116.0, 104.0], (12, 1, 3)))
+    assert np.all(lab[7:] == 255) and np.all(lab[:, 9:] == 255) and np.all(lab[:7, :9] == 0)
