@@ -496,3 +496,15 @@ def test_erasing_and_cutmix_keep_static_shapes():
 
     f.get_concrete_function(tf.TensorSpec([2, 32, 32, 3]), tf.TensorSpec([2], tf.int64))
     assert traced == [((32, 32, 3), (2, 32, 32, 3))]
+
+
+def test_normalize_dynamic_shape_equals_static():
+    """The per-plane path for images of unknown size gives the static path's values."""
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    image = np.random.default_rng(3).integers(0, 256, (13, 17, 3)).astype(np.float32)
+    dynamic = tf.function(lambda x: A.normalize(x, mean, std), input_signature=[tf.TensorSpec([None, None, 3])])
+    static = tf.function(lambda x: A.normalize(x, mean, std), input_signature=[tf.TensorSpec([13, 17, 3])])
+    # both traced (in graphs TF rewrites x / c as x * (1/c); eager differs by ~1 ulp)
+    np.testing.assert_array_equal(dynamic(tf.constant(image)).numpy(), static(tf.constant(image)).numpy())
+    ref = (image.astype(np.float64) / 255.0 - np.array(mean)) / np.array(std)
+    np.testing.assert_allclose(dynamic(tf.constant(image)).numpy(), ref, rtol=1e-5, atol=1e-5)
