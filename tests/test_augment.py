@@ -508,3 +508,21 @@ def test_normalize_dynamic_shape_equals_static():
     np.testing.assert_array_equal(dynamic(tf.constant(image)).numpy(), static(tf.constant(image)).numpy())
     ref = (image.astype(np.float64) / 255.0 - np.array(mean)) / np.array(std)
     np.testing.assert_allclose(dynamic(tf.constant(image)).numpy(), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(375, 500), (500, 333), (480, 640), (257, 256)])
+def test_eval_crop_window_resize_equals_full_resize_then_crop(shape):
+    """The eval transform resizes only the centre window (ScaleAndTranslate translated by
+    its corner): the pixels of resizing the whole image and cropping, up to rounding ties."""
+    image = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3)).astype(np.float32)
+    for crop_pct in (0.875, 0.95):
+        scale_size = math.floor(224 / crop_pct)
+        h, w = shape
+        long_new = int(scale_size * max(h, w) / min(h, w))
+        nh, nw = (scale_size, long_new) if h <= w else (long_new, scale_size)
+        full = np.clip(np.round(tf.image.resize(image, (nh, nw), "bicubic", antialias=True).numpy()), 0, 255)
+        top, left = round((nh - 224) / 2), round((nw - 224) / 2)
+        want = full[top : top + 224, left : left + 224]
+        got = A.eval_resize_crop(tf.constant(image), 224, crop_pct).numpy()
+        assert np.abs(got - want).max() <= 1.0
+        assert np.mean(got != want) < 1e-3
