@@ -228,6 +228,16 @@ def test_uint8_transfer_equals_host_normalisation(digits_dir):
     level = 1 / 255 / min(IMAGENET_STD)  # one pixel level, normalised
     np.testing.assert_allclose(norm(b["image"]), a["image"], atol=0.5 * level + 1e-5, rtol=0)
 
+    # Random erasing in every image (the uint8 stream erases in pixel space): the pixels
+    # are the float32 stream's, denormalised in float64, clipped and rounded (<= 0.5 level).
+    f32, u8 = _digits_config(digits_dir, random_erasing=1.0), _digits_config(digits_dir, "uint8", random_erasing=1.0)
+    a = next(data.make_train_iterator(f32, start_step=2, process_index=0, process_count=1))
+    b = next(data.make_train_iterator(u8, start_step=2, process_index=0, process_count=1))
+    raw = (a["image"] * np.float64(IMAGENET_STD) + np.float64(IMAGENET_MEAN)) * 255
+    assert ((raw < -1) | (raw > 256)).mean() > 1e-3  # boxes of N(0, 1) noise were drawn
+    expected = np.clip(raw, 0, 255)
+    np.testing.assert_allclose(b["image"].astype(np.float64), expected, atol=0.5 + 1e-3, rtol=0)
+
 
 # ----------------------------------------------------------------------------- metrics
 

@@ -246,12 +246,19 @@ def random_erasing(
     max_area: float = 1 / 3,
     min_aspect: float = 0.3,
     attempts: int = 10,
+    pixel_mean: Sequence[float] | None = None,
+    pixel_std: Sequence[float] | None = None,
 ) -> tf.Tensor:
     """timm `RandomErasing(probability, mode='pixel', max_count=1)` on a normalised
     image [H, W, C]: with probability ``probability``, one box (area fraction in
     [min_area, max_area], log-uniform aspect in [min_aspect, 1/min_aspect], first of
     ``attempts`` tries that fits strictly inside) is filled with N(0, 1) per pixel and
     channel. Everything outside the box is left untouched.
+
+    ``pixel_mean``/``pixel_std`` (per channel, on the 0..1 scale, as given to
+    `normalize`): the image is float pixels in 0..255 instead, and the box gets the same
+    N(0, 1) draws mapped to pixels, ``255·(n·std + mean)`` (unclipped, like the
+    normalised noise; the uint8 transfer clips).
     """
     if probability <= 0:
         return image
@@ -276,6 +283,8 @@ def random_erasing(
         # Noise for the box only, as timm draws it; pasted with slices, not a full-image
         # mask and tf.where (~0.7 ms a 224x224 image on one CPU thread, the paste ~0.05).
         noise = tf.random.stateless_normal(tf.stack([eh, ew, shape[2]]), s[5], dtype=image.dtype)
+        if pixel_mean is not None:
+            noise = noise * tf.constant(np.float32(pixel_std) * 255) + tf.constant(np.float32(pixel_mean) * 255)
         return paste_box(image, noise, top, left)
 
     return tf.cond(apply & tf.reduce_any(fits), erase, lambda: image)
