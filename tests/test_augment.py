@@ -262,6 +262,36 @@ def test_equalize_on_low_contrast_image_matches_pil():
                                   np.asarray(ImageOps.equalize(Image.fromarray(small))))
 
 
+@pytest.mark.parametrize("pixels", [7.0, -6.3, 0.25, -0.5, 100.7, -223.5, 230.0, -300.2, 0.0])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_translate_by_slices_equals_the_projective_transform(pixels, axis):
+    """`translate_x`/`translate_y` slice the padded image; TF's ImageProjectiveTransformV3
+    (what `affine` runs) is the reference: equal except at rounding ties (one level), and
+    all fill once the shift leaves the image."""
+    image = tf.constant(np.random.default_rng(3).integers(0, 256, (40, 52, 3)).astype(np.float32))
+    ours = (R.translate_y if axis == 0 else R.translate_x)(image, tf.constant(pixels)).numpy()
+    matrix = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    matrix[5 if axis == 0 else 2] = pixels
+    ref = R.affine(image, tf.constant(matrix)).numpy()
+    # float64 NumPy: the bilinear blend of the two pixels each output samples, FILL outside.
+    k = int(np.floor(np.float32(pixels)))
+    f = np.float64(np.float32(pixels)) - k
+    size = image.shape[axis]
+    src = np.moveaxis(image.numpy().astype(np.float64), axis, 0)
+    fill = np.broadcast_to(np.float64(R.FILL), src.shape[1:])
+    at = lambda i: src[i] if 0 <= i < size else fill  # noqa: E731
+    exact = np.moveaxis(np.stack([(1 - f) * at(i + k) + f * at(i + k + 1) for i in range(size)]), 0, axis)
+    tie = np.abs(exact - np.floor(exact) - 0.5) < 1e-3
+    for out in (ours, ref):
+        assert np.all((np.abs(out - np.round(exact)) <= 1) & ((out == np.round(exact)) | tie))
+    diff = np.abs(ours - ref)
+    assert diff.max() <= 1.0 and np.all((diff == 0) | tie)
+    if pixels == int(pixels):
+        np.testing.assert_array_equal(ours, ref)
+    if abs(pixels) >= image.shape[axis] + 1:
+        np.testing.assert_array_equal(ours, np.broadcast_to(np.float32(R.FILL), ours.shape))
+
+
 @pytest.mark.parametrize(
     "ours,matrix_or_angle",
     [

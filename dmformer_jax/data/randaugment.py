@@ -165,11 +165,47 @@ def shear_y(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
 
 
 def translate_x(image: tf.Tensor, pixels: tf.Tensor) -> tf.Tensor:
-    return affine(image, tf.stack([1.0, 0.0, pixels, 0.0, 1.0, 0.0]))
+    """PIL's AFFINE (1, 0, pixels, 0, 1, 0): column x samples the input at x + pixels."""
+    if not image.shape.is_fully_defined():
+        return affine(image, tf.stack([1.0, 0.0, pixels, 0.0, 1.0, 0.0]))
+    return _translate(image, pixels, axis=1)
 
 
 def translate_y(image: tf.Tensor, pixels: tf.Tensor) -> tf.Tensor:
-    return affine(image, tf.stack([1.0, 0.0, 0.0, 0.0, 1.0, pixels]))
+    """PIL's AFFINE (1, 0, 0, 0, 1, pixels): row y samples the input at y + pixels."""
+    if not image.shape.is_fully_defined():
+        return affine(image, tf.stack([1.0, 0.0, 0.0, 0.0, 1.0, pixels]))
+    return _translate(image, pixels, axis=0)
+
+
+def _translate(image: tf.Tensor, pixels: tf.Tensor, axis: int) -> tf.Tensor:
+    """`affine`'s translation along ``axis`` of a static-shaped [H, W, C] image as two
+    slices of the padded image: ``out[i] = (1 − f)·in[i + k] + f·in[i + k + 1]`` with
+    ``k = ⌊pixels⌋``, ``f = pixels − k`` and FILL outside the image.
+
+    The bilinear weights of `affine` for a pure translation, with one ``f`` for every
+    pixel where `affine` rounds each sample position (so a rounding tie may land one
+    level apart). Why: ~2× faster along x and ~5× along y than
+    ``ImageProjectiveTransformV3`` (1.5 → 0.7 and 1.6 → 0.3 ms a 224² image, one thread,
+    2026-11-28).
+    """
+    size = image.shape[axis]
+    pixels = tf.cast(pixels, tf.float32)
+    k = tf.floor(pixels)
+    f = pixels - k
+    # Beyond ±(size + 1) every sample is fill: clamp so the slices stay in the padding.
+    k = tf.cast(tf.clip_by_value(k, -size - 1.0, float(size)), tf.int32)
+    fill = per_channel(FILL, image)
+    padding = [[0, 0], [0, 0], [0, 0]]
+    padding[axis] = [size + 1, size + 2]
+    padded = tf.pad(image - fill, padding)  # 0 here is FILL once it is added back
+    zero = tf.constant(0, tf.int32)
+    begin = [zero, zero, zero]
+    begin[axis] = size + 1 + k
+    lower = tf.slice(padded, tf.stack(begin), image.shape)
+    begin[axis] = size + 2 + k
+    upper = tf.slice(padded, tf.stack(begin), image.shape)
+    return to_uint8_range((1.0 - f) * lower + f * upper + fill)
 
 
 # ---------------------------------------------------------------------- the policy
