@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import tensorflow as tf
 
 from dmformer_jax.data.augment import (
@@ -27,8 +28,6 @@ from dmformer_jax.data.augment import (
     adjust_contrast,
     adjust_saturation,
     blend,
-    channel_planes,
-    interleave_channels,
     per_channel,
     split_seed,
     to_uint8_range,
@@ -59,33 +58,59 @@ OP_NAMES = (
 # ---------------------------------------------------------------- pixel-level ops
 
 
+def _as_rows(image: tf.Tensor) -> tf.Tensor:
+    """[H, W, C] -> [H, W·C] (a free reshape): TF's CPU kernels reduce and broadcast along
+    a long contiguous row far faster than over a trailing axis of 3 (autocontrast on a
+    224² image, one thread: 0.99 -> 0.28 ms, 2026-11-28)."""
+    shape = tf.shape(image)
+    return tf.reshape(image, [shape[0], shape[1] * shape[2]])
+
+
 def autocontrast(image: tf.Tensor) -> tf.Tensor:
     """PIL `ImageOps.autocontrast` (cutoff 0), per channel: stretch [min, max] to 0..255."""
-    lo = tf.reduce_min(image, axis=[0, 1])
-    hi = tf.reduce_max(image, axis=[0, 1])
+    width, channels = tf.shape(image)[1], image.shape[-1]
+    rows = _as_rows(image)
+    lo = tf.reduce_min(tf.reshape(tf.reduce_min(rows, axis=0), [width, channels]), axis=0)
+    hi = tf.reduce_max(tf.reshape(tf.reduce_max(rows, axis=0), [width, channels]), axis=0)
     # A flat channel (hi == lo) maps through offset 0 and scale 1, i.e. stays as it is
     # (integral values): no per-pixel tf.where, which TF's CPU kernels run ~7x slower
     # than arithmetic.
     flat = hi <= lo
     scale = tf.where(flat, 1.0, 255.0 / tf.maximum(hi - lo, 1.0))
     lo = tf.where(flat, 0.0, lo)
-    return tf.floor(tf.clip_by_value((image - lo) * scale, 0.0, 255.0))
+    # Per-channel values as one [W·C] row, broadcast down the rows.
+    lo_row, scale_row = tf.tile(lo, [width])[None], tf.tile(scale, [width])[None]
+    out = tf.floor(tf.clip_by_value((rows - lo_row) * scale_row, 0.0, 255.0))
+    return tf.reshape(out, tf.shape(image))
 
 
 def equalize(image: tf.Tensor) -> tf.Tensor:
-    """PIL `ImageOps.equalize`, per channel (histogram equalisation via a lookup table)."""
+    """PIL `ImageOps.equalize`, per channel (histogram equalisation via a lookup table).
 
-    def one_channel(channel):
-        values = tf.cast(channel, tf.int32)
-        hist = tf.math.bincount(tf.reshape(values, [-1]), minlength=256, maxlength=256)
-        nonzero = tf.boolean_mask(hist, hist > 0)
-        step = (tf.reduce_sum(hist) - nonzero[-1]) // 255
-        safe = tf.maximum(step, 1)
-        lut = (tf.cumsum(hist, exclusive=True) + safe // 2) // safe
-        lut = tf.cast(tf.minimum(lut, 255), tf.float32)
-        return tf.cond(step > 0, lambda: tf.gather(lut, values), lambda: channel)
-
-    return interleave_channels([one_channel(plane) for plane in channel_planes(image)])
+    All channels at once: channel c's levels are counted in bins 256·c + level of one
+    `bincount` and mapped through one gather from the channels' stacked tables
+    (1.87 -> 1.27 ms a 224² image, one thread, against a bincount and a gather per
+    channel plane; 2026-11-28).
+    """
+    channels = image.shape[-1]
+    levels = tf.range(256)
+    if image.shape.is_fully_defined():  # a same-shape constant: no per-element broadcast
+        offsets = tf.constant(np.ascontiguousarray(
+            np.broadcast_to(np.arange(channels, dtype=np.int32) * 256, image.shape.as_list())))
+    else:
+        offsets = tf.range(channels) * 256
+    bins = tf.cast(image, tf.int32) + offsets
+    hist = tf.reshape(
+        tf.math.bincount(tf.reshape(bins, [-1]), minlength=256 * channels, maxlength=256 * channels),
+        [channels, 256],
+    )
+    # PIL: step = (pixel count - the count of the highest level present) // 255
+    top = tf.reduce_max(tf.where(hist > 0, levels[None], -1), axis=1)
+    step = (tf.reduce_sum(hist, axis=1) - tf.gather(hist, top, batch_dims=1)) // 255
+    safe = tf.maximum(step, 1)[:, None]
+    lut = tf.minimum((tf.cumsum(hist, axis=1, exclusive=True) + safe // 2) // safe, 255)
+    lut = tf.where((step > 0)[:, None], lut, levels[None])  # step 0: the channel as it is
+    return tf.cast(tf.gather(tf.reshape(lut, [-1]), bins), tf.float32)
 
 
 def posterize(image: tf.Tensor, bits: tf.Tensor) -> tf.Tensor:
