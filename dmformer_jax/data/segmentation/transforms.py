@@ -277,4 +277,4 @@ def pad_to(image: tf.Tensor, label: tf.Tensor, height, width, image_value=0.0,
         image.set_shape([height, width, 3])
         outside.set_shape([height, width, 3])
     values = np.broadcast_to(np.asarray(image_value, np.float32), [3])
-    return image + outside * tf.cast(aug.per_channel(values, image), image.dtype), label  # inside: x + 0, exact
+    return image + outside * aug.per_channel(values, image, image.dtype), label  # inside: x + 0, exact
