@@ -105,7 +105,8 @@ def test_random_resized_crop_matches_pil_on_its_window():
     out = A.random_resized_crop(tf.constant(IMG), _seed(3), 32).numpy()
     ref = np.asarray(Image.fromarray(IMG[top : top + ch, left : left + cw]).resize((32, 32), Image.BICUBIC))
     assert out.shape == (32, 32, 3)
-    assert np.abs(out - ref).max() <= 2 and np.abs(out - ref).mean() < 0.5
+    # PIL's pixels up to rounding ties (TF's own antialiased bicubic was up to 2 off)
+    assert np.abs(out - ref).max() <= 1 and np.mean(out != ref) < 1e-3
 
 
 def test_decode_and_random_crop_png_and_jpeg_agree_with_full_decode():
@@ -167,7 +168,7 @@ def test_eval_resize_crop_matches_timm_pil_reference():
         top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
         ref = resized[top : top + size, left : left + size]
         assert out.shape == (size, size, 3)
-        assert np.abs(out - ref).max() <= 1.0 and np.abs(out - ref).mean() < 0.3
+        assert np.abs(out - ref).max() <= 1.0 and np.mean(out != ref) < 1e-3
 
 
 def test_flip_is_mirror_or_identity_and_both_happen():
@@ -541,16 +542,16 @@ def test_normalize_dynamic_shape_equals_static():
 
 
 @pytest.mark.parametrize("shape", [(375, 500), (500, 333), (480, 640), (257, 256)])
-def test_eval_crop_window_resize_equals_full_resize_then_crop(shape):
-    """The eval transform resizes only the centre window (ScaleAndTranslate translated by
-    its corner): the pixels of resizing the whole image and cropping, up to rounding ties."""
-    image = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3)).astype(np.float32)
+def test_eval_crop_window_resize_equals_pil_resize_then_crop(shape):
+    """The eval transform resizes only the centre window: PIL's pixels of resizing the
+    whole image and cropping (timm's Resize + CenterCrop), up to rounding ties."""
+    image = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3)).astype(np.uint8)
     for crop_pct in (0.875, 0.95):
         scale_size = math.floor(224 / crop_pct)
         h, w = shape
         long_new = int(scale_size * max(h, w) / min(h, w))
         nh, nw = (scale_size, long_new) if h <= w else (long_new, scale_size)
-        full = np.clip(np.round(tf.image.resize(image, (nh, nw), "bicubic", antialias=True).numpy()), 0, 255)
+        full = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BICUBIC)).astype(np.float64)
         top, left = round((nh - 224) / 2), round((nw - 224) / 2)
         want = full[top : top + 224, left : left + 224]
         got = A.eval_resize_crop(tf.constant(image), 224, crop_pct).numpy()

@@ -138,4 +138,4 @@ def test_eval_transform_matches_timm_on_a_jpeg_within_one_level():
     top, left = int(round((resized.shape[0] - size) / 2.0)), int(round((resized.shape[1] - size) / 2.0))
     want = resized[top:top + size, left:left + size].astype(int)
     got = A.eval_resize_crop(A.decode_image(tf.constant(data)), size, crop_pct).numpy().astype(int)
-    assert np.abs(got - want).max() <= 1
+    assert np.abs(got - want).max() <= 1 and np.mean(got != want) < 1e-3

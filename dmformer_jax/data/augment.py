@@ -17,6 +17,8 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from dmformer_jax.data import resize as pil_resize
+
 
 def split_seed(seed: tf.Tensor, num: int) -> tf.Tensor:
     """``num`` independent seeds [num, 2] derived from ``seed`` [2]."""
@@ -118,9 +120,9 @@ def sample_crop_window(
 
 
 def resize(image: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
-    """Antialiased bicubic resize to ``size`` = (H, W), rounded to 0..255 like PIL's."""
-    out = tf.image.resize(tf.cast(image, tf.float32), size, method="bicubic", antialias=True)
-    return to_uint8_range(out)
+    """Antialiased bicubic resize [H, W, 3] -> float32 ``size`` = (H', W') + [3], rounded
+    to 0..255: PIL's, which timm uses (`dmformer_jax.data.resize`)."""
+    return pil_resize.resize(image, size)
 
 
 def random_resized_crop(
@@ -324,18 +326,11 @@ def eval_resize_crop(image: tf.Tensor, size: int, crop_pct: float) -> tf.Tensor:
     )
     new_h = tf.where(h <= w, scale_size, long_new)
     new_w = tf.where(h <= w, long_new, scale_size)
-    top = tf.round(tf.cast(new_h - size, tf.float32) / 2.0)
-    left = tf.round(tf.cast(new_w - size, tf.float32) / 2.0)
-    # Only the centre window of the resize: the op `tf.image.resize` runs
-    # (ScaleAndTranslate, antialiased Keys cubic), translated by the crop's corner, so no
-    # pixel outside the crop is computed (~40% of a 500x375 photo's resize to 341x256).
-    # Each output pixel samples the same point (up to float rounding of the offset).
-    scale = tf.cast(tf.stack([new_h, new_w]), tf.float32) / tf.cast(tf.stack([h, w]), tf.float32)
-    out = tf.raw_ops.ScaleAndTranslate(
-        images=tf.cast(image, tf.float32)[None], size=[size, size], scale=scale,
-        translation=-tf.stack([top, left]), kernel_type="keyscubic", antialias=True,
-    )[0]
-    out = to_uint8_range(out)
+    top = tf.cast(tf.round(tf.cast(new_h - size, tf.float32) / 2.0), tf.int32)
+    left = tf.cast(tf.round(tf.cast(new_w - size, tf.float32) / 2.0), tf.int32)
+    # Only the centre window of the resize is computed (~40% of a 500x375 photo's
+    # resize to 341x256 lies outside it); the pixels are those of resize-then-crop.
+    out = pil_resize.resize_window(image, tf.stack([new_h, new_w]), tf.stack([top, left]), (size, size))
     out.set_shape([size, size, 3])
     return out
 
