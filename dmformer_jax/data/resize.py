@@ -17,7 +17,7 @@ when shrinking, ~20% of pixels off) and costs ~1.8 ms per 224² training crop on
 core, the largest single cost of the training stream. Here each pass is a batched
 matmul: output positions are cut into blocks of a few, each block's weights cover one
 contiguous band of input rows, and the bands are gathered into a [blocks, band, …]
-tensor (~1.2 ms; docs/benchmarks.md).
+tensor (~1.4 ms per 224² training crop on one core; docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -90,29 +90,30 @@ def _resample_rows(rows: tf.Tensor, index: tf.Tensor, weights: tf.Tensor) -> tf.
     return tf.clip_by_value(tf.floor(out + 0.5), 0.0, 255.0)
 
 
-def _transpose_hw(flat: tf.Tensor, width: int | tf.Tensor, channels) -> tf.Tensor:
-    """[A, width·C] viewed as [A, width, C] -> [width, A·C]: swaps the two pixel axes."""
-    pixels = tf.reshape(flat, [-1, width, channels])
-    return tf.reshape(tf.transpose(pixels, [1, 0, 2]), [width, -1])
+def _swapped_rows(pixels: tf.Tensor) -> tf.Tensor:
+    """[A, B, C] -> [B, A·C]: the other pixel axis as the rows a pass contracts."""
+    return tf.reshape(tf.transpose(pixels, [1, 0, 2]), [tf.shape(pixels)[1], -1])
 
 
-def _horizontal_first(image, index_y, weights_y, index_x, weights_x, channels):
-    """Columns, then rows; the column pass only on the rows the row pass reads."""
+def _horizontal_first(image, index_y, weights_y, index_x, weights_x, out_h, out_w, channels):
+    """Columns, then rows -> [out_h, out_w·C]; the column pass only on the rows the row
+    pass reads."""
     first = index_y[0, 0]
-    rows = image[first : index_y[-1, -1] + 1]
-    columns = _transpose_hw(tf.reshape(rows, [tf.shape(rows)[0], -1]), tf.shape(rows)[1], channels)
-    columns = _resample_rows(columns, index_x, weights_x)  # [w, rows·C]
-    return _resample_rows(_transpose_hw(columns, tf.shape(rows)[0], channels), index_y - first, weights_y)
+    rows = image[first : index_y[-1, -1] + 1]  # [r, W, C]
+    columns = _resample_rows(_swapped_rows(rows), index_x, weights_x)  # [out_w, r·C]
+    columns = tf.reshape(columns, [out_w, -1, channels])
+    return _resample_rows(_swapped_rows(columns), index_y - first, weights_y)
 
 
-def _vertical_first(image, index_y, weights_y, index_x, weights_x, channels):
-    """Rows, then columns; the row pass only on the columns the column pass reads."""
+def _vertical_first(image, index_y, weights_y, index_x, weights_x, out_h, out_w, channels):
+    """Rows, then columns -> [out_h, out_w·C]; the row pass only on the columns the
+    column pass reads."""
     first = index_x[0, 0]
-    columns = image[:, first : index_x[-1, -1] + 1]
-    width = tf.shape(columns)[1]
-    rows = _resample_rows(tf.reshape(columns, [tf.shape(columns)[0], -1]), index_y, weights_y)  # [h, cols·C]
-    out = _resample_rows(_transpose_hw(rows, width, channels), index_x - first, weights_x)  # [w, h·C]
-    return _transpose_hw(out, tf.shape(out)[1] // channels, channels)
+    columns = image[:, first : index_x[-1, -1] + 1]  # [H, c, C]
+    rows = _resample_rows(tf.reshape(columns, [tf.shape(columns)[0], -1]), index_y, weights_y)  # [out_h, c·C]
+    rows = tf.reshape(rows, [out_h, -1, channels])
+    out = _resample_rows(_swapped_rows(rows), index_x - first, weights_x)  # [out_w, out_h·C]
+    return _swapped_rows(tf.reshape(out, [out_w, out_h, channels]))
 
 
 def vertical_pass_first(height: tf.Tensor, width: tf.Tensor, out_h: tf.Tensor, out_w: tf.Tensor) -> tf.Tensor:
@@ -140,7 +141,7 @@ def resize_window(
     top_left = tf.convert_to_tensor(top_left, tf.int32)
     index_y, weights_y = axis_weights(height, resized_size[0], top_left[0], out_h)
     index_x, weights_x = axis_weights(width, resized_size[1], top_left[1], out_w)
-    args = (image, index_y, weights_y, index_x, weights_x, channels)
+    args = (image, index_y, weights_y, index_x, weights_x, out_h, out_w, channels)
     out = tf.cond(
         vertical_pass_first(height, width, resized_size[0], resized_size[1]),
         lambda: _vertical_first(*args),
