@@ -17,7 +17,8 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from dmformer_jax.data import resize as pil_resize
+# PIL's antialiased bicubic resize (timm's): `resize` for crops, `resize_window` for eval.
+from dmformer_jax.data.resize import resize, resize_window
 
 
 def split_seed(seed: tf.Tensor, num: int) -> tf.Tensor:
@@ -117,12 +118,6 @@ def sample_crop_window(
         return tf.stack([(height - h) // 2, (width - w) // 2, h, w])
 
     return tf.cond(tf.reduce_any(fits), sampled, centre)
-
-
-def resize(image: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
-    """Antialiased bicubic resize [H, W, 3] -> float32 ``size`` = (H', W') + [3], rounded
-    to 0..255: PIL's, which timm uses (`dmformer_jax.data.resize`)."""
-    return pil_resize.resize(image, size)
 
 
 def random_resized_crop(
@@ -330,7 +325,7 @@ def eval_resize_crop(image: tf.Tensor, size: int, crop_pct: float) -> tf.Tensor:
     left = tf.cast(tf.round(tf.cast(new_w - size, tf.float32) / 2.0), tf.int32)
     # Only the centre window of the resize is computed (~40% of a 500x375 photo's
     # resize to 341x256 lies outside it); the pixels are those of resize-then-crop.
-    out = pil_resize.resize_window(image, tf.stack([new_h, new_w]), tf.stack([top, left]), (size, size))
+    out = resize_window(image, tf.stack([new_h, new_w]), tf.stack([top, left]), (size, size))
     out.set_shape([size, size, 3])
     return out
 

@@ -2,11 +2,11 @@
 
 ``Image.resize(size, Image.BICUBIC)`` on an 8-bit image is separable: for each output
 column a normalised window of Keys-cubic (a = -0.5) weights, stretched by the scale
-factor when shrinking (the antialiasing), then the same for each output row. PIL runs
-the horizontal pass first and rounds to 8 bits in between (`precompute_coeffs` and
-`ImagingResample` in Pillow's ``Resample.c``). This module computes the same weights
-in float64 and applies them in the same order (Pillow >= 13's, `vertical_pass_first`)
-with the same rounding, so it matches PIL to within one level, on ~5 values in 10^5 of
+factor when shrinking (the antialiasing), and the same for each output row; one pass
+after the other, rounded to 8 bits in between (`precompute_coeffs` and
+`ImagingResample` in Pillow's ``Resample.c``; which pass runs first:
+`vertical_pass_first`). This module computes the same weights in float64 and applies
+them in the same order with the same rounding, so it matches PIL to within one level, on ~5 values in 10^5 of
 photo-sized crops (float32 sums against PIL's 22-bit fixed point land apart near a
 rounding tie; up to 5 in 10^4 for exact 2x enlargements, whose border pixels hit exact
 ties; `tests/test_resize.py`).
