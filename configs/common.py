@@ -151,6 +151,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.coordinator_address = ml_collections.FieldReference(None, field_type=str)  # "host:port"
     config.num_processes = ml_collections.FieldReference(None, field_type=int)
     config.process_id = ml_collections.FieldReference(None, field_type=int)
+    # Seconds a process may go without a heartbeat to the coordination service before
+    # every process aborts (SIGABRT); None keeps JAX's default (100 s). Raise it where
+    # hosts can stall longer than that (VMs paused or live-migrated, wall-clock steps).
+    config.distributed_heartbeat_timeout_s = ml_collections.FieldReference(None, field_type=int)
 
     # --- task ----------------------------------------------------------------
     # What is trained on the backbone: its model head, loss and metrics

@@ -21,8 +21,11 @@ pid, port, root = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 
 import jax  # noqa: E402
 
+from subprocess_runs import TEST_HEARTBEAT_TIMEOUT_S  # noqa: E402  (tests/ is sys.path[0])
+
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
-jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=pid)
+jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=pid,
+                           heartbeat_timeout_seconds=TEST_HEARTBEAT_TIMEOUT_S)
 
 import numpy as np  # noqa: E402
 

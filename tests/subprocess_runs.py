@@ -33,6 +33,13 @@ def xla_flags(devices: int) -> str:
 TOTAL = 6
 DEVICES = 4
 
+# Heartbeat timeout (s) of the multi-process test runs. JAX's default, 100 s, aborts
+# every process (SIGABRT, "tasks are unhealthy (stopped sending heartbeats)") when the
+# machine stalls that long: CI once did, in the 4-process rehearsal. These tests check
+# pod mechanics, not failure detection; a real hang still ends at the tests' timeouts.
+TEST_HEARTBEAT_TIMEOUT_S = 900
+HEARTBEAT_FLAG = f"--config.distributed_heartbeat_timeout_s={TEST_HEARTBEAT_TIMEOUT_S}"
+
 # Small enough for CPU, but with everything that must survive a resume: gradient
 # accumulation, EMA, gradient clipping, drop-path RNG, two input shards.
 TINY = [

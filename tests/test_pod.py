@@ -116,6 +116,24 @@ def test_distributed_auto_detects_slurm_and_open_mpi(monkeypatch):
         cli.distributed_mode(_cluster_config(distributed="sometimes"))
 
 
+def test_heartbeat_timeout_reaches_jax_distributed(monkeypatch):
+    """``distributed_heartbeat_timeout_s`` is handed to ``jax.distributed.initialize``
+    (unset: JAX's own default); a value <= 0 is a one-line config error."""
+    from dmformer_jax.errors import ConfigError
+    from dmformer_jax.train import cli
+
+    calls = []
+    monkeypatch.setattr("jax.distributed.initialize", lambda **kw: calls.append(kw))
+    given = dict(coordinator_address="h:1", num_processes=2, process_id=0)
+    assert cli.init_distributed(_cluster_config(**given, distributed_heartbeat_timeout_s=900)) is True
+    assert calls[-1]["heartbeat_timeout_seconds"] == 900
+    assert cli.init_distributed(_cluster_config(**given, distributed_heartbeat_timeout_s=None)) is True
+    assert "heartbeat_timeout_seconds" not in calls[-1]
+    with pytest.raises(ConfigError, match=r"distributed_heartbeat_timeout_s=0; use a number of seconds > 0"):
+        cli.init_distributed(_cluster_config(**given, distributed_heartbeat_timeout_s=0))
+    assert len(calls) == 2
+
+
 def test_processes_without_distributed_client_is_one_line_error(monkeypatch):
     """A libtpu multi-host slice started without jax.distributed: one error line."""
     from dmformer_jax.errors import ConfigError
@@ -382,7 +400,7 @@ class _Pod:
     def __init__(self, env, workdir):
         import threading
 
-        from subprocess_runs import train_cmd
+        from subprocess_runs import HEARTBEAT_FLAG, train_cmd
 
         port = _free_port()
         e = dict(env, XLA_FLAGS=xla_flags(DEVICES_PER_PROCESS))
@@ -391,7 +409,8 @@ class _Pod:
         self.procs, self.lines, self.threads = [], [], []
         for i in range(PROCESSES):
             cmd = train_cmd(env, workdir, f"--config.coordinator_address=127.0.0.1:{port}",
-                            f"--config.num_processes={PROCESSES}", f"--config.process_id={i}", base=REHEARSAL)
+                            f"--config.num_processes={PROCESSES}", f"--config.process_id={i}", HEARTBEAT_FLAG,
+                            base=REHEARSAL)
             p = subprocess.Popen(cmd, cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  text=True, bufsize=1)
             lines: list[str] = []
@@ -423,10 +442,13 @@ class _Pod:
     def text(self, i):
         return "".join(self.lines[i])
 
-    def tails(self, chars=1500):
-        """Every process's exit status and last output (for assertion messages)."""
-        return "\n".join(f"--- process {i} (rc {p.poll()}):\n{self.text(i)[-chars:]}"
-                         for i, p in enumerate(self.procs))
+    def tails(self, chars=2500):
+        """Every process's exit status and last output (for assertion messages), without
+        the native stack frames (``@ 0x...``) an abort prints, which would fill it."""
+        def tail(i):
+            return "".join(ln for ln in self.lines[i] if not ln.lstrip().startswith("@ 0x"))[-chars:]
+
+        return "\n".join(f"--- process {i} (rc {p.poll()}):\n{tail(i)}" for i, p in enumerate(self.procs))
 
     def step_lines(self, i):
         """``step s/T (..) | loss | top1 | lr | grad_norm`` of process i (without the

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 import pytest
-from subprocess_runs import xla_flags  # noqa: E402  (tests/ is on sys.path)
+from subprocess_runs import HEARTBEAT_FLAG, xla_flags  # noqa: E402  (tests/ is on sys.path)
 
 pytestmark = pytest.mark.slow
 
@@ -162,7 +162,7 @@ def test_two_processes_match_one(env, uninterrupted, tmp_path):
         e = dict(env, XLA_FLAGS=xla_flags(2), SLURM_JOB_ID=str(job),
                  SLURM_NTASKS="2", SLURM_PROCID=str(i), SLURM_LOCALID=str(i), SLURM_STEP_NODELIST="localhost",
                  SLURM_STEP_NUM_NODES="1")
-        procs.append(subprocess.Popen(_args(env, workdir), cwd=REPO, env=e, stdout=subprocess.PIPE,
+        procs.append(subprocess.Popen(_args(env, workdir, HEARTBEAT_FLAG), cwd=REPO, env=e, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (out, err) in zip(procs, outs):

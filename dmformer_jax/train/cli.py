@@ -189,7 +189,8 @@ def init_distributed(config) -> bool:
     ``config.distributed``: True always initialises, False never, ``'auto'`` (default)
     when JAX detects a cluster (Cloud TPU VM, SLURM, Open MPI; not a one-task SLURM or
     Open MPI job) or any of ``coordinator_address``/``num_processes``/``process_id`` is
-    set. Returns whether it initialised.
+    set. ``distributed_heartbeat_timeout_s`` (None: JAX's 100 s) is passed on. Returns
+    whether it initialised.
     """
     mode = distributed_mode(config)
     if mode == "auto" and not _cluster_fields_given(config):
@@ -200,6 +201,10 @@ def init_distributed(config) -> bool:
         return False
     import jax
 
+    heartbeat = config.get("distributed_heartbeat_timeout_s")
+    if heartbeat is not None and heartbeat <= 0:
+        raise ConfigError(f"config.distributed_heartbeat_timeout_s={heartbeat}; use a number of seconds > 0 "
+                          "(or None for JAX's default, 100)")
     # CPU clusters need a collectives backend; GPU/TPU clients ignore this setting.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
@@ -207,6 +212,7 @@ def init_distributed(config) -> bool:
             coordinator_address=config.coordinator_address,
             num_processes=config.num_processes,
             process_id=config.process_id,
+            **({} if heartbeat is None else {"heartbeat_timeout_seconds": heartbeat}),
         )
     except (ValueError, RuntimeError) as e:
         raise ConfigError(
