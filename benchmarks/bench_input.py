@@ -329,6 +329,8 @@ def run_timm(prepared, args, mode: str) -> dict[str, Any]:
         "--crop-pct", str(recipe.eval_crop_pct(None, "dmformer_s")),
         "--mean", ",".join(map(str, base.data.mean)), "--std", ",".join(map(str, base.data.std)),
         "--re-prob", str(base.augment.random_erasing),
+        "--mixup-alpha", str(base.augment.mixup_alpha), "--cutmix-alpha", str(base.augment.cutmix_alpha),
+        "--switch-prob", str(base.augment.mix_switch_prob), "--smoothing", str(base.augment.label_smoothing),
         "--batches-per-rep", str(args.batches_per_rep), "--warmup-batches", str(args.warmup_batches),
         "--reps", str(args.reps),
     ]
@@ -359,6 +361,8 @@ ROWS = (
     ("ours_train_fastdct_t{t}", "ours, train, fast DCT (INTEGER_FAST), {t} thread(s)"),
     ("ours_train_croponly_t{t}", "ours, train, decode + crop + resize + normalise only, {t} thread(s)"),
     ("timm_train_w{t}", "timm train transform, DataLoader {t} worker(s)"),
+    ("timm_train_prefetcher_w{t}", "timm train, GPU-loader path (uint8 out, FastCollateMixup on the host, "
+                                   "erasing + normalising left to the device), DataLoader {t} worker(s)"),
     ("ours_eval_t{t}", "ours, eval, {t} thread(s)"),
     ("timm_eval_w{t}", "timm eval transform, DataLoader {t} worker(s)"),
     ("decode_pil_t{t}", "decode floor: PIL (accurate DCT), {t} thread"),
@@ -383,6 +387,9 @@ def ratios(c: dict[str, dict]) -> dict[str, float]:
     ratio("train_t1_over_timm_w1", "ours_train_t1", "timm_train_w1")
     ratio("train_t1_over_timm_w1_per_cpu_s", "ours_train_t1", "timm_train_w1", "img_per_cpu_s")
     ratio("train_t2_over_timm_w2", "ours_train_t2", "timm_train_w2")
+    # Like for like with timm's GPU path: uint8 out, mixup on the host in both.
+    ratio("train_uint8_t1_over_timm_prefetcher_w1_per_cpu_s", "ours_train_uint8_t1", "timm_train_prefetcher_w1",
+          "img_per_cpu_s")
     ratio("eval_t1_over_timm_w1", "ours_eval_t1", "timm_eval_w1")
     ratio("eval_t1_over_timm_w1_per_cpu_s", "ours_eval_t1", "timm_eval_w1", "img_per_cpu_s")
     ratio("train_t2_over_t1", "ours_train_t2", "ours_train_t1")
@@ -435,6 +442,8 @@ def markdown(result: dict) -> str:
         f"- ours ÷ timm, train, 1 thread vs 1 worker: {fmt('train_t1_over_timm_w1')} img/s, "
         f"{fmt('train_t1_over_timm_w1_per_cpu_s')} per CPU-second (target ≥ 1.5× per core); "
         f"2 threads vs 2 workers: {fmt('train_t2_over_timm_w2')}.",
+        f"- ours uint8 ÷ timm's GPU-loader path (both uint8 out, mixup on the host), 1 thread vs 1 worker: "
+        f"{fmt('train_uint8_t1_over_timm_prefetcher_w1_per_cpu_s')} per CPU-second.",
         f"- ours ÷ timm, eval, 1 thread vs 1 worker: {fmt('eval_t1_over_timm_w1')} img/s, "
         f"{fmt('eval_t1_over_timm_w1_per_cpu_s')} per CPU-second.",
         f"- ours train ÷ decode floor ({r.get('decode_floor', '—')}): {fmt('train_t1_over_decode_floor')} img/s, "
@@ -500,7 +509,7 @@ def _run(args, cache: Path) -> dict[str, Any]:
 
     timm_info = None
     if args.timm_python:
-        for mode in ("train", "eval"):
+        for mode in ("train", "train_prefetcher", "eval"):
             load = load_average()
             try:
                 result = run_timm(prepared, args, mode)

@@ -47,7 +47,10 @@ def _posterize_zero_bits_as_older_pillow() -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--root", required=True, help="class-folder tree of JPEGs (timm ImageDataset)")
-    p.add_argument("--mode", choices=["train", "eval"], default="train")
+    p.add_argument("--mode", choices=["train", "train_prefetcher", "eval"], default="train",
+                   help="train_prefetcher: timm's GPU-loader path (create_transform(use_prefetcher=True): "
+                        "uint8 out; FastCollateMixup mixes on the host; erasing and normalising happen "
+                        "on the device, so not here)")
     p.add_argument("--workers", default="1,2")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--res", type=int, default=224)
@@ -56,6 +59,11 @@ def main(argv=None) -> None:
     p.add_argument("--std", default="0.229,0.224,0.225")
     p.add_argument("--auto-augment", default="rand-m9-mstd0.5-inc1")
     p.add_argument("--re-prob", type=float, default=0.25)
+    p.add_argument("--mixup-alpha", type=float, default=0.8)
+    p.add_argument("--cutmix-alpha", type=float, default=1.0)
+    p.add_argument("--switch-prob", type=float, default=0.5)
+    p.add_argument("--smoothing", type=float, default=0.1)
+    p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--batches-per-rep", type=int, default=8)
     p.add_argument("--warmup-batches", type=int, default=3)
     p.add_argument("--reps", type=int, default=5)
@@ -66,18 +74,25 @@ def main(argv=None) -> None:
     import timm
     import torch
     import torchvision
-    from timm.data import ImageDataset, create_transform
+    from timm.data import FastCollateMixup, ImageDataset, create_transform
 
     torch.set_num_threads(1)
     _posterize_zero_bits_as_older_pillow()
     mean = tuple(float(v) for v in args.mean.split(","))
     std = tuple(float(v) for v in args.std.split(","))
-    if args.mode == "train":
+    loader_kwargs = {}
+    if args.mode in ("train", "train_prefetcher"):
         transform = create_transform(
             args.res, is_training=True, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5,
             auto_augment=args.auto_augment, interpolation="bicubic", mean=mean, std=std,
-            re_prob=args.re_prob, re_mode="pixel", re_count=1,
+            re_prob=args.re_prob, re_mode="pixel", re_count=1, use_prefetcher=args.mode == "train_prefetcher",
         )
+        if args.mode == "train_prefetcher":  # timm's create_loader with mixup and the prefetcher
+            loader_kwargs["collate_fn"] = FastCollateMixup(
+                mixup_alpha=args.mixup_alpha, cutmix_alpha=args.cutmix_alpha, prob=1.0,
+                switch_prob=args.switch_prob, mode="batch", label_smoothing=args.smoothing,
+                num_classes=args.num_classes,
+            )
     else:
         transform = create_transform(args.res, is_training=False, interpolation="bicubic", crop_pct=args.crop_pct,
                                      mean=mean, std=std)
@@ -88,8 +103,9 @@ def main(argv=None) -> None:
         "transform": repr(transform), "num_images": len(dataset), "mode": args.mode, "runs": {},
     }
     for workers in (int(w) for w in args.workers.split(",")):
-        run, batch = time_loader(dataset, args, workers)
+        run, batch = time_loader(dataset, args, workers, **loader_kwargs)
         assert tuple(batch[0].shape) == (args.batch, 3, args.res, args.res), batch[0].shape
+        run["dtype"] = str(batch[0].dtype)
         out["runs"][str(workers)] = run
         images = run["images_per_rep"]
         wall, cpu_s = run["wall_s"], run["cpu_s"]
