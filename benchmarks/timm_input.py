@@ -81,13 +81,14 @@ def main(argv=None) -> None:
     mean = tuple(float(v) for v in args.mean.split(","))
     std = tuple(float(v) for v in args.std.split(","))
     loader_kwargs = {}
+    prefetcher = args.mode == "train_prefetcher"
     if args.mode in ("train", "train_prefetcher"):
         transform = create_transform(
             args.res, is_training=True, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5,
             auto_augment=args.auto_augment, interpolation="bicubic", mean=mean, std=std,
-            re_prob=args.re_prob, re_mode="pixel", re_count=1, use_prefetcher=args.mode == "train_prefetcher",
+            re_prob=args.re_prob, re_mode="pixel", re_count=1, use_prefetcher=prefetcher,
         )
-        if args.mode == "train_prefetcher":  # timm's create_loader with mixup and the prefetcher
+        if prefetcher:  # timm's create_loader with mixup and the prefetcher
             loader_kwargs["collate_fn"] = FastCollateMixup(
                 mixup_alpha=args.mixup_alpha, cutmix_alpha=args.cutmix_alpha, prob=1.0,
                 switch_prob=args.switch_prob, mode="batch", label_smoothing=args.smoothing,
