@@ -393,7 +393,33 @@ def markdown(result: dict) -> str:
             f"{mem(j.get('infer_memory'))} / {mem(j.get('train_memory'))} | {rss_s} |"
         )
     lines += roofline_lines(result)
+    lines += cores_busy_lines(result)
     return "\n".join(lines)
+
+
+def cores_busy_lines(result: dict) -> list[str]:
+    """Markdown rows: cores each contender kept busy over its timed steps (`bench.Stats.cores_busy`)."""
+    kinds = ("jax", "torch_eager", "torch_compile")
+    rows = []
+    for name, r in result["models"].items():
+        for mode, label in (("infer", "inference"), ("train", "train step")):
+            busy = {k: r["timings"][k][mode].get("cores_busy") for k in kinds if mode in r["timings"].get(k, {})}
+            if not any(busy.values()):
+                continue
+            cells = [f"{busy[k]:.2f}" if busy.get(k) else "—" for k in kinds]
+            rows.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return [
+        "",
+        f"Cores busy: each worker's process CPU seconds (all threads) ÷ wall seconds over the "
+        f"timed steps, of {result['machine']['cpu_count']} cores. Below the core count, "
+        "part of the step runs on fewer threads; idle-spinning threads count as busy.",
+        "",
+        "| model | mode | JAX | PyTorch eager | torch.compile |",
+        "|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def roofline_lines(result: dict) -> list[str]:
@@ -429,6 +455,12 @@ def roofline_lines(result: dict) -> list[str]:
     ]
 
 
+def process_cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far, all its threads together."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _worker(conn, kind, spec, args, images, labels, variables_np, mode):
     """One contender in its own process: builds it, then runs one step per 'run'.
 
@@ -449,9 +481,9 @@ def _worker(conn, kind, spec, args, images, labels, variables_np, mode):
         while True:
             cmd = conn.recv()
             if cmd == "run":
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), process_cpu_seconds()
                 fn()
-                conn.send(time.perf_counter() - start)
+                conn.send({"wall_s": time.perf_counter() - start, "cpu_s": process_cpu_seconds() - cpu_start})
             elif cmd == "gemm":  # this process's matmul roofline (its library, its threads)
                 conn.send(bench.gemm_gflops("jax" if kind == "jax" else "torch"))
             elif cmd == "rss":  # one more step: resident-set growth and minor page faults
@@ -512,12 +544,15 @@ def _time_workers(spec, args, images, labels, variables_np, mode, kinds):
             return reply
 
         times = {k: [] for k in workers}
+        cpu = {k: [] for k in workers}
         for _ in range(args.warmup):
             for _, conn in workers.values():
                 call(conn)
         for _ in range(args.reps):
             for k, (_, conn) in workers.items():
-                times[k].append(call(conn))
+                reply = call(conn)
+                times[k].append(reply["wall_s"])
+                cpu[k].append(reply["cpu_s"])
         rss = {}
         for k, (_, conn) in workers.items():
             conn.send("gemm")
@@ -526,7 +561,7 @@ def _time_workers(spec, args, images, labels, variables_np, mode, kinds):
             for k, (_, conn) in workers.items():
                 conn.send("rss")
                 rss[k], rss[f"{k}_minor_faults"] = conn.recv()
-        return {k: bench.Stats(t) for k, t in times.items()}, infos, rss
+        return {k: bench.Stats(t, cpu_times=cpu[k]) for k, t in times.items()}, infos, rss
     finally:
         for proc, conn in workers.values():
             try:

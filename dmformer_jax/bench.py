@@ -28,9 +28,14 @@ PEAK_BF16_TFLOPS = {
 
 @dataclasses.dataclass
 class Stats:
-    """Seconds per call over repetitions: median and spread."""
+    """Seconds per call over repetitions: median and spread.
+
+    ``cpu_times``, where given, are the process CPU seconds (all threads, user +
+    system) of the same calls, for `cores_busy`.
+    """
 
     times: list[float]
+    cpu_times: list[float] | None = None
 
     @property
     def median(self) -> float:
@@ -44,8 +49,21 @@ class Stats:
     def high(self) -> float:
         return max(self.times)
 
+    @property
+    def cores_busy(self) -> float | None:
+        """How many cores the calls kept busy: Σ CPU-s ÷ Σ wall-s (None without CPU times).
+
+        On a 2-core machine 2.0 is both cores busy for the whole call. A contender below
+        the core count leaves cores idle (work that runs on one thread); one at the core
+        count that is still slower does more work per call. Idle-spinning worker
+        threads count as busy, so this is an upper bound on useful work.
+        """
+        return sum(self.cpu_times) / sum(self.times) if self.cpu_times else None
+
     def as_dict(self, items_per_call: int | None = None) -> dict[str, Any]:
         out = {"median_s": self.median, "min_s": self.low, "max_s": self.high, "times_s": self.times}
+        if self.cpu_times:
+            out.update(cpu_times_s=self.cpu_times, cores_busy=self.cores_busy)
         if items_per_call:
             out.update(
                 img_per_s_median=items_per_call / self.median,

@@ -1,5 +1,6 @@
-"""benchmarks/bench_model.py's segmentation models (``HEAD:BACKBONE``): the JAX and the
-PyTorch contenders must time the same loss, and bad model names must be refused.
+"""benchmarks/bench_model.py: its segmentation models (``HEAD:BACKBONE``) must time the
+same loss in JAX and PyTorch, bad model names must be refused, and the cores-busy figure
+must count every thread's CPU time.
 
 Cheap: no model is built or compiled (the whole benchmark's ``--smoke`` takes minutes
 and is run by hand, see docs/benchmarks.md)."""
@@ -9,6 +10,8 @@ from __future__ import annotations
 import importlib.util
 import pathlib
 import sys
+import threading
+import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -61,3 +64,43 @@ def test_jax_and_torch_contenders_compute_the_same_segmentation_loss(bench_model
     want = float(spec.torch_loss()(torch_out, torch.from_numpy(labels.astype(np.int64))))
     assert want > 1.0  # random logits: a real cross-entropy, not 0 from all-ignored pixels
     np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_cores_busy_is_total_cpu_over_total_wall():
+    """Σ CPU ÷ Σ wall, so a long step weighs more than a short one (not the mean of ratios)."""
+    from dmformer_jax.bench import Stats
+
+    stats = Stats([1.0, 3.0], cpu_times=[2.0, 3.0])
+    assert stats.cores_busy == pytest.approx(5.0 / 4.0)  # the mean of the ratios would be 1.5
+    assert stats.as_dict(4)["cores_busy"] == pytest.approx(1.25)
+    assert Stats([1.0]).cores_busy is None and "cores_busy" not in Stats([1.0]).as_dict()
+
+
+def test_process_cpu_seconds_counts_other_threads(bench_model):
+    """XLA and PyTorch compute on worker threads: the timed process's CPU time must
+    include theirs, not only the calling thread's."""
+    spent = []
+
+    def burn():
+        start = time.thread_time()
+        while time.thread_time() - start < 0.3:
+            pass
+        spent.append(time.thread_time() - start)
+
+    before = bench_model.process_cpu_seconds()
+    worker = threading.Thread(target=burn)
+    worker.start()
+    worker.join()
+    assert bench_model.process_cpu_seconds() - before >= 0.95 * spent[0] >= 0.28
+
+
+def test_markdown_shows_each_contenders_cores_busy(bench_model):
+    timing = lambda busy: {"train": {"cores_busy": busy}}  # noqa: E731
+    result = {
+        "machine": {"cpu_count": 2},
+        "models": {"dmformer_s": {"timings": {"jax": timing(1.83), "torch_eager": timing(1.98)}}},
+    }
+    lines = bench_model.cores_busy_lines(result)
+    assert "| dmformer_s | train step | 1.83 | 1.98 | — |" in lines, lines
+    assert any("of 2 cores" in line for line in lines)
+    assert bench_model.cores_busy_lines({"machine": {"cpu_count": 2}, "models": {}}) == []
