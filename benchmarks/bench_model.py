@@ -455,10 +455,12 @@ def roofline_lines(result: dict) -> list[str]:
     ]
 
 
-def process_cpu_seconds() -> float:
-    """User + system CPU seconds of this process so far, all its threads together."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+def time_step(fn) -> dict[str, float]:
+    """Runs ``fn()`` once: its wall seconds and this process's CPU seconds, all threads
+    (``time.process_time``: XLA and PyTorch compute on worker threads)."""
+    start, cpu_start = time.perf_counter(), time.process_time()
+    fn()
+    return {"wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu_start}
 
 
 def _worker(conn, kind, spec, args, images, labels, variables_np, mode):
@@ -481,9 +483,7 @@ def _worker(conn, kind, spec, args, images, labels, variables_np, mode):
         while True:
             cmd = conn.recv()
             if cmd == "run":
-                start, cpu_start = time.perf_counter(), process_cpu_seconds()
-                fn()
-                conn.send({"wall_s": time.perf_counter() - start, "cpu_s": process_cpu_seconds() - cpu_start})
+                conn.send(time_step(fn))
             elif cmd == "gemm":  # this process's matmul roofline (its library, its threads)
                 conn.send(bench.gemm_gflops("jax" if kind == "jax" else "torch"))
             elif cmd == "rss":  # one more step: resident-set growth and minor page faults

@@ -76,9 +76,9 @@ def test_cores_busy_is_total_cpu_over_total_wall():
     assert Stats([1.0]).cores_busy is None and "cores_busy" not in Stats([1.0]).as_dict()
 
 
-def test_process_cpu_seconds_counts_other_threads(bench_model):
-    """XLA and PyTorch compute on worker threads: the timed process's CPU time must
-    include theirs, not only the calling thread's."""
+def test_step_cpu_time_counts_other_threads(bench_model):
+    """XLA and PyTorch compute on worker threads: the CPU time a worker reports for a
+    step must include theirs, not only the calling thread's."""
     spent = []
 
     def burn():
@@ -87,11 +87,12 @@ def test_process_cpu_seconds_counts_other_threads(bench_model):
             pass
         spent.append(time.thread_time() - start)
 
-    before = bench_model.process_cpu_seconds()
-    worker = threading.Thread(target=burn)
-    worker.start()
-    worker.join()
-    assert bench_model.process_cpu_seconds() - before >= 0.95 * spent[0] >= 0.28
+    def step():
+        worker = threading.Thread(target=burn)
+        worker.start()
+        worker.join()
+
+    assert bench_model.time_step(step)["cpu_s"] >= 0.95 * spent[0] >= 0.28
 
 
 def test_markdown_shows_each_contenders_cores_busy(bench_model):
